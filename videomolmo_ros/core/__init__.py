@@ -1,0 +1,1 @@
+"""Pure logic: numpy only, no torch, no rclpy."""
