@@ -1,0 +1,1 @@
+"""Dataset tools: synthetic referring-video scenes with exact ground truth (numpy + OpenCV)."""

@@ -1,0 +1,1 @@
+"""Pointers turn a keyframe (plus its history) and text queries into points."""
