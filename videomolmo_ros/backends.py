@@ -1,0 +1,66 @@
+"""Pointer and segmenter factories by name, shared by the node, the demo and the benchmarks.
+
+Heavy backends are imported only when chosen, so the node starts without torch when it runs
+the oracle pointer and the classical segmenter.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from videomolmo_ros.pointers.base import Pointer
+from videomolmo_ros.segment.base import Segmenter
+
+POINTERS = ("oracle",)
+SEGMENTERS = ("classical",)
+
+
+class BackendError(ValueError):
+    """A backend name or its settings are wrong; the text says how."""
+
+
+@dataclass
+class PointerSettings:
+    """What the ``pointer.*`` parameters of the node say."""
+
+    backend: str = "oracle"
+    # oracle: replays the ground-truth points of the synthetic scene of this seed/config
+    oracle_scene_seed: int = 0
+    oracle_scene_config: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_scene_config(text: str) -> dict[str, Any]:
+    """The JSON object of SceneConfig overrides given as a parameter string ('' = none)."""
+    if not text.strip():
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise BackendError(f"oracle.scene_config is not JSON: {error}") from error
+    if not isinstance(value, dict):
+        raise BackendError("oracle.scene_config must be a JSON object")
+    return value
+
+
+def make_pointer(settings: PointerSettings) -> Pointer:
+    """The pointer a name stands for."""
+    if settings.backend == "oracle":
+        from videomolmo_ros.data.synthetic import SceneConfig, make_scene
+        from videomolmo_ros.pointers.oracle import OraclePointer
+
+        try:
+            config = SceneConfig(seed=settings.oracle_scene_seed, **settings.oracle_scene_config)
+        except TypeError as error:
+            raise BackendError(f"bad oracle scene config: {error}") from error
+        return OraclePointer(make_scene(config))
+    raise BackendError(f"unknown pointer backend {settings.backend!r}; known: {', '.join(POINTERS)}")
+
+
+def make_segmenter(backend: str) -> Segmenter:
+    """The segmenter a name stands for."""
+    if backend == "classical":
+        from videomolmo_ros.segment.classical import ClassicalSegmenter
+
+        return ClassicalSegmenter()
+    raise BackendError(f"unknown segmenter backend {backend!r}; known: {', '.join(SEGMENTERS)}")
