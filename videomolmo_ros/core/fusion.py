@@ -16,29 +16,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from videomolmo_ros.core.masks import bool_mask_pair, mask_iou
+
 DEFAULT_TAU = 0.7
-
-
-def _as_bool_pair(a: np.ndarray, b: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
-    """Both masks as bool arrays (nonzero = foreground); ValueError if shapes differ."""
-    a = np.asarray(a)
-    b = np.asarray(b)
-    if a.shape != b.shape:
-        raise ValueError(f"{what}: mask shapes differ, {a.shape} vs {b.shape}")
-    return a.astype(bool, copy=False), b.astype(bool, copy=False)
-
-
-def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    """Intersection over union of two same-shape masks.
-
-    Two empty masks count as identical (IoU 1.0), the DAVIS J convention: they agree exactly,
-    and 0/0 must not become NaN.
-    """
-    a, b = _as_bool_pair(a, b, "mask_iou")
-    union = int(np.count_nonzero(a | b))
-    if union == 0:
-        return 1.0
-    return int(np.count_nonzero(a & b)) / union
 
 
 def fuse_masks(forward: np.ndarray, backward: np.ndarray, tau: float = DEFAULT_TAU) -> np.ndarray:
@@ -48,7 +28,7 @@ def fuse_masks(forward: np.ndarray, backward: np.ndarray, tau: float = DEFAULT_T
     """
     if not 0.0 <= tau <= 1.0:
         raise ValueError(f"fuse_masks: tau must be in [0, 1], got {tau}")
-    forward, backward = _as_bool_pair(forward, backward, "fuse_masks")
+    forward, backward = bool_mask_pair(forward, backward, "fuse_masks")
     if not forward.any():
         return backward.copy()
     if not backward.any():

@@ -13,27 +13,15 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from videomolmo_ros.core.masks import bool_mask_pair, mask_iou
+
 DAVIS_BOUND_TH = 0.008
-
-
-def _check_pair(pred: np.ndarray, gt: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
-    """Both masks as 2-D bool arrays (nonzero = foreground); ValueError otherwise."""
-    pred = np.asarray(pred)
-    gt = np.asarray(gt)
-    if pred.shape != gt.shape:
-        raise ValueError(f"{what}: prediction {pred.shape} and ground truth {gt.shape} differ")
-    if pred.ndim != 2:
-        raise ValueError(f"{what}: masks must be 2-D (H x W), got shape {pred.shape}")
-    return pred.astype(bool, copy=False), gt.astype(bool, copy=False)
 
 
 def region_similarity(pred: np.ndarray, gt: np.ndarray) -> float:
     """J: IoU of prediction and ground truth; 1.0 when both are empty (DAVIS convention)."""
-    pred, gt = _check_pair(pred, gt, "region_similarity")
-    union = int(np.count_nonzero(pred | gt))
-    if union == 0:
-        return 1.0
-    return int(np.count_nonzero(pred & gt)) / union
+    pred, gt = bool_mask_pair(pred, gt, "region_similarity", require_2d=True)
+    return mask_iou(pred, gt)
 
 
 def _seg2bmap(seg: np.ndarray) -> np.ndarray:
@@ -80,7 +68,7 @@ def boundary_f_measure(pred: np.ndarray, gt: np.ndarray,
     recall). Both boundaries empty -> 1; only the prediction's empty -> P=1, R=0 -> F=0; only
     the ground truth's empty -> P=0, R=1 -> F=0. Note a full mask has an empty boundary.
     """
-    pred, gt = _check_pair(pred, gt, "boundary_f_measure")
+    pred, gt = bool_mask_pair(pred, gt, "boundary_f_measure", require_2d=True)
     pred_boundary = _seg2bmap(pred)
     gt_boundary = _seg2bmap(gt)
     n_pred = int(np.count_nonzero(pred_boundary))
