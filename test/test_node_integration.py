@@ -138,3 +138,37 @@ def _with(msg, **fields):
     for name, value in fields.items():
         setattr(msg, name, value)
     return msg
+
+
+def test_compressed_images_are_decoded_and_garbage_is_warned_about(ros):
+    import cv2
+    from rclpy.qos import qos_profile_sensor_data
+    from sensor_msgs.msg import CompressedImage
+
+    from videomolmo_ros.node import ns_to_stamp
+    client, node = ros["client"], ros["node"]
+    publisher = client.node.create_publisher(CompressedImage, IMAGE_TOPIC + "/compressed",
+                                             qos_profile_sensor_data)
+    rgb = np.zeros((48, 64, 3), np.uint8)
+    rgb[:, :32] = (255, 0, 0)  # left half red
+    ok, jpeg = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    assert ok
+    stamp = 2 * 10**12
+    garbage = CompressedImage(format="jpeg", data=b"not an image")
+    garbage.header.stamp = ns_to_stamp(stamp - 1)
+    for _ in range(5):  # best effort, and the publisher is new: resend until it is seen
+        publisher.publish(garbage)
+        if wait_for(lambda: "does not decode" in node.log(), 2):
+            break
+    message = CompressedImage(format="png", data=jpeg.tobytes())
+    message.header.stamp = ns_to_stamp(stamp)
+    for _ in range(3):  # best effort: resend until the node has matched and processed it
+        publisher.publish(message)
+        if wait_for(lambda: stamp in client.overlays, 5):
+            break
+    overlay, _ = client.overlays[stamp]
+    picture = np.frombuffer(bytes(overlay.data), np.uint8).reshape(48, 64, 3)
+    np.testing.assert_array_equal(picture[40, 5], (255, 0, 0))   # decoded as RGB, not BGR
+    np.testing.assert_array_equal(picture[40, 60], (0, 0, 0))
+    assert "compressed image ('jpeg') does not decode" in node.log()
+    assert node.alive()
