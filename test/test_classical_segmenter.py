@@ -1,7 +1,9 @@
 """Tests of the classical OpenCV mask backend on synthetic video built here.
 
-Scene: a colourful textured background, a red disk moving right by 4 px per frame and a static
-blue rectangle drawn in front of it, so the disk passes behind the rectangle.
+Main scene: a colourful textured background, a red disk moving right by 4 px per frame and a
+static blue rectangle (wider than the disk) drawn in front of it, so the disk passes fully
+behind it. Others: a checked square (texture for the flow), striped and dotted disks (prompt
+on patterns), a disk leaving the image. Frames get soft edges and sensor noise.
 """
 from __future__ import annotations
 
@@ -107,6 +109,9 @@ def test_segmenter_is_a_factory_of_independent_trackers() -> None:
     assert seg.config.flow_preset == "medium"
     a, b = seg.new_tracker(), seg.new_tracker()
     assert isinstance(a, MaskTracker) and a is not b
+    a.prompt(_scene(0)[0], _centre_points(0))
+    assert set(a.forward(_scene(1)[0])) == {RED, BLUE}
+    assert b.forward(_scene(1)[0]) == {}  # b has no tracks of its own
     with pytest.raises(ValueError):
         ClassicalConfig(flow_preset="slow")
 
