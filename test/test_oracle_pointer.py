@@ -61,3 +61,20 @@ def test_zero_count_expression_gives_no_points(scene: Scene) -> None:
     empty = [e.text for e in scene.expressions if not e.object_ids]
     assert empty
     assert oracle.point(scene.frame(0), None, [], empty) == [[] for _ in empty]
+
+
+def test_slivers_get_no_point():
+    """An object with only a few visible pixels is not pointed at (see OraclePointer)."""
+    import numpy as np
+    from videomolmo_ros.data.synthetic import SceneConfig, make_scene
+    from videomolmo_ros.pointers.oracle import OraclePointer
+
+    scene = make_scene(SceneConfig(seed=0, num_frames=41))
+    expression = scene.find_expression("the circle")
+    oracle = OraclePointer(scene, min_visible_pixels=20)
+    areas = [int(scene.masks[t, expression.object_ids[0]].sum()) for t in range(41)]
+    sliver = next(t for t, area in enumerate(areas) if 0 < area < 20)
+    assert scene.points_for(expression.object_ids, sliver)  # ground truth has the sliver
+    assert oracle.point(scene.frame(sliver), None, [], [expression.text]) == [[]]
+    big = int(np.argmax(areas))
+    assert len(oracle.point(scene.frame(big), None, [], [expression.text])[0]) == 1

@@ -18,12 +18,18 @@ class OraclePointer(Pointer):
 
     A query is the text of one of ``scene.expressions`` (compared after strip and lower-casing);
     the frame is found from its stamp. An unknown query or stamp gets no points.
+
+    Objects showing fewer than ``min_visible_pixels`` pixels (a sliver at the image edge, the
+    last corner of an occluded shape) get no point, as an annotator would not mark them: a
+    prompt on one or two pixels seeds a mask from background, and the fusion rule then spreads
+    that error over the whole window.
     """
 
     name = "oracle"
 
-    def __init__(self, scene: Scene) -> None:
+    def __init__(self, scene: Scene, min_visible_pixels: int = 20) -> None:
         self.scene = scene
+        self.min_visible_pixels = min_visible_pixels
 
     def encode(self, frame: Frame) -> int:
         """The stamp is all the oracle needs; nothing is computed."""
@@ -39,5 +45,7 @@ class OraclePointer(Pointer):
             if t is None or expression is None:
                 answers.append([])
             else:
-                answers.append(self.scene.points_for(expression.object_ids, t, label=query))
+                visible = [o for o in expression.object_ids
+                           if int(self.scene.masks[t, o].sum()) >= self.min_visible_pixels]
+                answers.append(self.scene.points_for(visible, t, label=query))
         return answers
