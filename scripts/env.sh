@@ -9,12 +9,13 @@
 VMR_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VMR_VENV="${VIDEOMOLMO_VENV:-$VMR_ROOT/.venv}"
 VMR_PY_VERSION="3.11"
+VMR_SAM2_VERSION="1.1.0"  # its Python sources equal facebookresearch/sam2 at 2b90b9f
 
 _vmr_hash() { cat "$@" 2>/dev/null | sha256sum | cut -c1-16; }
 
 _vmr_make_venv() {
   local want
-  want="$(_vmr_hash "$VMR_ROOT/requirements.txt")"
+  want="$(echo "$VMR_SAM2_VERSION" | _vmr_hash "$VMR_ROOT/requirements.txt" -)"
   if [ -f "$VMR_VENV/.vmr-requirements" ] && [ "$(cat "$VMR_VENV/.vmr-requirements")" = "$want" ]; then
     return 0
   fi
@@ -27,6 +28,10 @@ _vmr_make_venv() {
   # would download a CUDA build of several GB.
   "$VMR_VENV/bin/pip" install -q --disable-pip-version-check torch==2.13.0 || return 1
   "$VMR_VENV/bin/pip" install -q --disable-pip-version-check -r "$VMR_ROOT/requirements.txt" || return 1
+  # sam2 declares torchvision as a requirement, but its video predictor does not use it, and
+  # torchvision would replace the CPU torch: install sam2 alone, its C extension off (CPU).
+  SAM2_BUILD_CUDA=0 "$VMR_VENV/bin/pip" install -q --disable-pip-version-check \
+    --no-build-isolation --no-deps "sam2==$VMR_SAM2_VERSION" || return 1
   rm -f "$VMR_VENV/.vmr-interfaces"
   echo "$want" > "$VMR_VENV/.vmr-requirements"
 }

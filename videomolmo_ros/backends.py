@@ -12,7 +12,7 @@ from typing import Any
 from videomolmo_ros.pointers.base import Pointer
 from videomolmo_ros.segment.base import Segmenter
 
-POINTERS = ("oracle",)
+POINTERS = ("oracle", "videomolmo")
 SEGMENTERS = ("classical",)
 
 
@@ -28,6 +28,13 @@ class PointerSettings:
     # oracle: replays the ground-truth points of the synthetic scene of this seed/config
     oracle_scene_seed: int = 0
     oracle_scene_config: dict[str, Any] = field(default_factory=dict)
+    # videomolmo: a checkpoint directory (release layout) or a repo id in the local HF cache
+    model_path: str = ""
+    model_dtype: str = "fp32"
+    model_device: str = "cpu"
+    model_quantization: str = ""  # "", "fp4" (the release's) or "nf4"
+    max_new_tokens: int = 300
+    history_frames: int = 4  # the engine's l: the temporal module's context length
 
 
 def parse_scene_config(text: str) -> dict[str, Any]:
@@ -54,6 +61,23 @@ def make_pointer(settings: PointerSettings) -> Pointer:
         except TypeError as error:
             raise BackendError(f"bad oracle scene config: {error}") from error
         return OraclePointer(make_scene(config))
+    if settings.backend == "videomolmo":
+        if not settings.model_path:
+            raise BackendError("pointer.backend 'videomolmo' needs model.path (a checkpoint "
+                               "directory or a repo id in the local Hugging Face cache)")
+        try:
+            from videomolmo_ros.model.pointer import VideoMolmoPointer
+        except ImportError as error:
+            raise BackendError(f"the videomolmo pointer needs torch and transformers: "
+                               f"{error}") from error
+        try:
+            return VideoMolmoPointer.from_pretrained(
+                settings.model_path, dtype=settings.model_dtype, device=settings.model_device,
+                quantization=settings.model_quantization or None,
+                history_frames=settings.history_frames, max_new_tokens=settings.max_new_tokens)
+        except (OSError, ValueError, RuntimeError, NotImplementedError) as error:
+            raise BackendError(f"cannot load the model from {settings.model_path!r}: "
+                               f"{error}") from error
     raise BackendError(f"unknown pointer backend {settings.backend!r}; known: {', '.join(POINTERS)}")
 
 

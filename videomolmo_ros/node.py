@@ -92,7 +92,10 @@ class PointingNode(Node):
         settings = PointerSettings(
             backend=p("pointer.backend"),
             oracle_scene_seed=int(p("oracle.scene_seed")),
-            oracle_scene_config=parse_scene_config(p("oracle.scene_config")))
+            oracle_scene_config=parse_scene_config(p("oracle.scene_config")),
+            model_path=p("model.path"), model_dtype=p("model.dtype"),
+            model_device=p("model.device"), model_quantization=p("model.quantization"),
+            max_new_tokens=int(p("model.max_new_tokens")), history_frames=int(p("l")))
         self.engine = StreamingEngine(
             make_pointer(settings), make_segmenter(p("segmenter.backend")),
             EngineConfig(k=int(p("k")), l=int(p("l")), tau=float(p("tau")),
@@ -151,6 +154,11 @@ class PointingNode(Node):
         self.declare_parameter("pointer.backend", "oracle")
         self.declare_parameter("oracle.scene_seed", 0)
         self.declare_parameter("oracle.scene_config", "")
+        self.declare_parameter("model.path", "")
+        self.declare_parameter("model.dtype", "fp32")
+        self.declare_parameter("model.device", "cpu")
+        self.declare_parameter("model.quantization", "")
+        self.declare_parameter("model.max_new_tokens", 300)
         self.declare_parameter("segmenter.backend", "classical")
         self.declare_parameter("max_queries", 32)
         self.declare_parameter("max_query_chars", 512)

@@ -201,7 +201,8 @@ class PointingClient:
     def ask(self, query: str, track: bool = True, camera: str = "", timeout_s: float = 0.0):
         """Call ~/point without blocking; returns the rclpy Future."""
         return self._point.call_async(PointQuery.Request(query=query, camera=camera,
-                                                         track=track, timeout_s=timeout_s))
+                                                         track=bool(track),
+                                                         timeout_s=float(timeout_s)))
 
     def cancel(self, query_id: int, timeout: float = 10.0) -> CancelQuery.Response | None:
         future = self._cancel.call_async(CancelQuery.Request(query_id=query_id))
