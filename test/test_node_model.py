@@ -75,3 +75,12 @@ def test_node_refuses_a_missing_checkpoint_with_a_reason():
                        log_path=Path(tempfile.mkdtemp()) / "node.log")
     assert node.process.wait(timeout=60) == 2
     assert "cannot load the model" in node.log(), node.log()
+
+
+def test_node_refuses_a_parameter_of_the_wrong_type_with_a_reason():
+    folder = Path(tempfile.mkdtemp())
+    params = folder / "bad.yaml"
+    params.write_text("/**:\n  ros__parameters:\n    k: \"ten\"\n")
+    node = NodeProcess(params_file=params, log_path=folder / "node.log")
+    assert node.process.wait(timeout=60) == 2
+    assert "cannot start" in node.log() and "'k'" in node.log(), node.log()

@@ -25,6 +25,7 @@ import rclpy
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import Point as PointMsg
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.task import Future
@@ -380,7 +381,8 @@ def main(args: list[str] | None = None) -> None:
     rclpy.init(args=args)
     try:
         node = PointingNode()
-    except (ValueError, BackendError) as error:
+    except (ValueError, BackendError, InvalidParameterTypeException,
+            InvalidParameterValueException) as error:
         print(f"videomolmo_pointing: cannot start: {error}", file=sys.stderr)
         rclpy.try_shutdown()
         sys.exit(2)

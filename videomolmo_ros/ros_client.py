@@ -52,6 +52,8 @@ def yaml_scalar(value: object) -> str:
         return "true" if value else "false"
     if isinstance(value, str):
         return "'" + value.replace("'", "''") + "'"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(yaml_scalar(item) for item in value) + "]"
     return str(value)
 
 
@@ -208,7 +210,10 @@ class PointingClient:
         future = self._cancel.call_async(CancelQuery.Request(query_id=query_id))
         return future.result() if wait_for(future.done, timeout) else None
 
-    def close(self) -> None:
+    def close(self, shutdown_rclpy: bool = True) -> None:
+        """Stop spinning and destroy the node; ``shutdown_rclpy=False`` when other clients of
+        this process still run."""
         self._executor.shutdown()
         self.node.destroy_node()
-        rclpy.try_shutdown()
+        if shutdown_rclpy:
+            rclpy.try_shutdown()
