@@ -14,6 +14,7 @@ services run in their own callback group on a multi-threaded executor and wait f
 """
 from __future__ import annotations
 
+import json
 import sys
 import threading
 import time
@@ -32,7 +33,7 @@ from rclpy.task import Future
 from rclpy.qos import (DurabilityPolicy, QoSProfile, ReliabilityPolicy, HistoryPolicy,
                        qos_profile_sensor_data)
 from sensor_msgs.msg import CompressedImage, Image
-from std_msgs.msg import Header
+from std_msgs.msg import Header, String
 
 from videomolmo_ros.backends import (BackendError, PointerSettings, make_pointer,
                                      make_segmenter, parse_scene_config)
@@ -42,7 +43,7 @@ from videomolmo_ros.msg import QueryPoints, TrackedQueries, TrackedQuery
 from videomolmo_ros.overlay import draw_overlay
 from videomolmo_ros.srv import CancelQuery, PointQuery
 from videomolmo_ros.stream import (EngineConfig, EngineWarning, KeyframePoints, MaskEvent,
-                                   StreamingEngine)
+                                   RunningStats, StreamingEngine)
 
 
 def stamp_to_ns(stamp: Time) -> int:
@@ -109,6 +110,8 @@ class PointingNode(Node):
         self._service_order = list(self.cameras)  # round robin over cameras with a frame
         self._pending: dict[int, _PendingAnswer] = {}
         self._stopping = False
+        self._timings = {"decode": RunningStats(), "engine": RunningStats(),
+                         "publish": RunningStats()}
 
         images = MutuallyExclusiveCallbackGroup()
         services = ReentrantCallbackGroup()
@@ -137,6 +140,10 @@ class PointingNode(Node):
         self.create_timer(0.1, self._answer_pending, callback_group=services)
         self.create_service(CancelQuery, "~/cancel", self._on_cancel, callback_group=services)
         self._publish_queries()
+        self._pub_stats = self.create_publisher(String, "~/stats", reliable)
+        if float(p("stats_period_s")) > 0:
+            self.create_timer(float(p("stats_period_s")), self._publish_stats,
+                              callback_group=services)
 
         self._worker = threading.Thread(target=self._work, name="videomolmo-worker",
                                         daemon=True)
@@ -166,6 +173,7 @@ class PointingNode(Node):
         self.declare_parameter("max_image_pixels", 3840 * 2160)
         self.declare_parameter("service_timeout_s", 10.0)
         self.declare_parameter("publish_overlay", True)
+        self.declare_parameter("stats_period_s", 1.0)
 
     def _param(self, name: str):
         return self.get_parameter(name).value
@@ -303,7 +311,10 @@ class PointingNode(Node):
             return None
 
     def _process(self, camera: str, msg: Image | CompressedImage) -> None:
+        started = time.perf_counter()
         image = self._decode(camera, msg)
+        decoded = time.perf_counter()
+        self._timings["decode"].add(decoded - started)
         if image is None:
             return
         state = self._state[camera]
@@ -311,6 +322,8 @@ class PointingNode(Node):
         state.last_image = image
         stamp_ns = stamp_to_ns(msg.header.stamp)
         events = self.engine.push(camera, image, stamp_ns)
+        pushed = time.perf_counter()
+        self._timings["engine"].add(pushed - decoded)
         causal_labels = None
         for event in events:
             if isinstance(event, KeyframePoints):
@@ -329,6 +342,7 @@ class PointingNode(Node):
             points = {label: pts for label, pts in state.last_points.items() if label in live}
             overlay = draw_overlay(image, causal_labels, points, live)
             self._pub_overlay[camera].publish(self._rgb8(overlay, msg.header))
+        self._timings["publish"].add(time.perf_counter() - pushed)
 
     # ----------------------------------------------------------------- publishing
     def _publish_points(self, event: KeyframePoints, state: _CameraState) -> None:
@@ -355,6 +369,19 @@ class PointingNode(Node):
             TrackedQuery(query_id=q.id, query=q.text, camera=q.camera,
                          label=q.label if q.track else 0, track=q.track)
             for q in self.engine.queries()]))
+
+    def _publish_stats(self) -> None:
+        """JSON on ~/stats: per-camera counters and per-stage timings (seconds), for
+        monitoring and the benchmarks."""
+        with self._lock:
+            cameras = {name: {"received": st.received, "dropped": st.dropped,
+                              "decode_errors": st.decode_errors}
+                       for name, st in self._state.items()}
+        for name, counters in self.engine.stats.items():
+            cameras.setdefault(name, {}).update(vars(counters))
+        stages = {name: stats.summary() for name, stats in self.engine.timings.items()}
+        stages.update({name: stats.summary() for name, stats in self._timings.items()})
+        self._pub_stats.publish(String(data=json.dumps({"cameras": cameras, "stages": stages})))
 
     @staticmethod
     def _mono8(label_map: np.ndarray, stamp_ns: int, frame_id: str) -> Image:

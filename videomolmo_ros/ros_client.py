@@ -4,6 +4,7 @@ Used by the demo and the benchmarks; everything goes through real topics and ser
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -19,7 +20,7 @@ import rclpy
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import Image
-from std_msgs.msg import Header
+from std_msgs.msg import Header, String
 
 from videomolmo_ros.msg import QueryPoints
 from videomolmo_ros.node import ns_to_stamp, stamp_to_ns
@@ -149,6 +150,8 @@ class PointingClient:
                                       self._store_overlay, reliable)
         self.node.create_subscription(QueryPoints, f"{node_name}/points", self._store_points,
                                       reliable)
+        self.stats: dict = {}  # the node's latest ~/stats
+        self.node.create_subscription(String, f"{node_name}/stats", self._store_stats, reliable)
         self._images = self.node.create_publisher(Image, image_topic, qos_profile_sensor_data)
         self._point = self.node.create_client(PointQuery, f"{node_name}/point")
         self._cancel = self.node.create_client(CancelQuery, f"{node_name}/cancel")
@@ -168,6 +171,10 @@ class PointingClient:
     def _store_overlay(self, msg: Image) -> None:
         with self.lock:
             self.overlays[stamp_to_ns(msg.header.stamp)] = (msg, time.monotonic())
+
+    def _store_stats(self, msg: String) -> None:
+        with self.lock:
+            self.stats = json.loads(msg.data)
 
     def _store_points(self, msg: QueryPoints) -> None:
         with self.lock:
