@@ -1,6 +1,7 @@
 """Shared checks and measures on boolean masks (used by fusion and metrics)."""
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 
@@ -28,3 +29,22 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     if union == 0:
         return 1.0
     return int(np.count_nonzero(a & b)) / union
+
+
+def deepest_point(mask: np.ndarray) -> tuple[int, int] | None:
+    """(x, y) of the mask pixel farthest from the mask boundary (the image border counts as
+    boundary), or None for an empty mask; ties go to the first pixel in row-major order.
+
+    The point an annotator would click, and the one the paper's annotation pipeline favours
+    (it samples points in proportion to this distance)."""
+    mask = np.asarray(mask, dtype=bool)
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask.any(axis=0))
+    r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    padded = np.zeros((r1 - r0 + 2, c1 - c0 + 2), dtype=np.uint8)  # zero rim: border = boundary
+    padded[1:-1, 1:-1] = mask[r0:r1, c0:c1]
+    distance = cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    row, col = np.unravel_index(int(np.argmax(distance)), distance.shape)
+    return int(col - 1 + c0), int(row - 1 + r0)

@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 
 from videomolmo_ros.core.frame import Frame
+from videomolmo_ros.core.masks import deepest_point
 from videomolmo_ros.core.points import Point
 
 # Saturated, well-separated colours; the background stays muted so none of them appear there.
@@ -208,7 +209,7 @@ class Scene:
         """
         points = []
         for object_id in object_ids:
-            center = _deepest_pixel(self.masks[t, object_id])
+            center = deepest_point(self.masks[t, object_id])
             if center is not None:
                 points.append(Point(x=float(center[0]), y=float(center[1]), label=label))
         return points
@@ -484,20 +485,6 @@ def _render(objects: Sequence[SceneObject], sprites: Sequence[_Sprite], backgrou
             canvas += rng.integers(-level, level + 1, size=canvas.shape, dtype=np.int16)
         frames[t] = np.clip(canvas, 0, 255).astype(np.uint8)
     return frames
-
-
-def _deepest_pixel(mask: np.ndarray) -> tuple[int, int] | None:
-    """(column, row) of the mask pixel farthest from the boundary, or None for an empty mask."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
-        return None
-    cols = np.flatnonzero(mask.any(axis=0))
-    r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-    crop = np.zeros((r1 - r0 + 2, c1 - c0 + 2), dtype=np.uint8)  # zero frame: border = boundary
-    crop[1:-1, 1:-1] = mask[r0:r1, c0:c1]
-    distance = cv2.distanceTransform(crop, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
-    row, col = np.unravel_index(int(np.argmax(distance)), distance.shape)
-    return int(col - 1 + c0), int(row - 1 + r0)
 
 
 # --------------------------------------------------------------------------- language

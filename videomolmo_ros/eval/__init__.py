@@ -1,0 +1,1 @@
+"""Evaluation: dataset readers, scoring of the streaming engine's output, the evaluate command."""
