@@ -25,6 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from memory import rss_mib  # noqa: E402
 from videomolmo_ros.data.synthetic import SceneConfig, make_scene  # noqa: E402
 from videomolmo_ros.ros_client import (NodeProcess, PointingClient,  # noqa: E402
                                        require_loopback_dds, wait_for)
@@ -32,16 +33,6 @@ from videomolmo_ros.ros_client import (NodeProcess, PointingClient,  # noqa: E40
 IMAGE_TOPIC = "/bench/camera/image_raw"
 
 
-def process_rss_mib(pid: int) -> float:
-    """Resident memory of another process on this machine (MiB)."""
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except FileNotFoundError:
-        pass
-    return float("nan")
 
 
 def run_one(scene, k: int, l: int, fps: float, frames: int, queries: int, log_dir: Path) -> dict:
@@ -66,7 +57,7 @@ def run_one(scene, k: int, l: int, fps: float, frames: int, queries: int, log_di
         for t in range(1, frames):
             client.publish(scene.frames[t], scene.stamp_ns(t))
             if t % 50 == 0:
-                memory.append((t, process_rss_mib(node.process.pid)))
+                memory.append((t, rss_mib(node.process.pid)))
             time.sleep(max(0.0, start + t * period - time.monotonic()))
         elapsed = time.monotonic() - start  # the stream's duration as sent
         wait_for(lambda: False, 2.0)  # let the last answers arrive

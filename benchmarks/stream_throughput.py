@@ -11,7 +11,6 @@ resident memory at checkpoints. Figures only: nothing here asserts a speed.
 from __future__ import annotations
 
 import argparse
-import resource
 import sys
 import time
 from pathlib import Path
@@ -20,23 +19,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from memory import peak_rss_mib, rss_mib  # noqa: E402
 from videomolmo_ros.data.synthetic import SceneConfig, make_scene  # noqa: E402
 from videomolmo_ros.pointers.oracle import OraclePointer  # noqa: E402
 from videomolmo_ros.segment.classical import ClassicalSegmenter  # noqa: E402
 from videomolmo_ros.stream import EngineConfig, MaskEvent, StreamingEngine  # noqa: E402
 
 
-def rss_mib() -> float:
-    """Current resident memory of this process (MiB)."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def ping_pong(length: int, t: int) -> int:

@@ -13,7 +13,7 @@ from videomolmo_ros.pointers.base import Pointer
 from videomolmo_ros.segment.base import Segmenter
 
 POINTERS = ("oracle", "videomolmo")
-SEGMENTERS = ("classical",)
+SEGMENTERS = ("auto", "classical", "sam2")
 
 
 class BackendError(ValueError):
@@ -35,6 +35,17 @@ class PointerSettings:
     model_quantization: str = ""  # "", "fp4" (the release's) or "nf4"
     max_new_tokens: int = 300
     history_frames: int = 4  # the engine's l: the temporal module's context length
+
+
+@dataclass
+class SegmenterSettings:
+    """What the ``sam2.*`` parameters of the node say (the classical backend has none)."""
+
+    sam2_config: str = "sam2.1_hiera_t"  # any of the package's configs, SAM 2 or 2.1
+    sam2_checkpoint: str = ""            # a .pt file of the official release
+    sam2_image_size: int = 0             # 0: the config's (1024)
+    sam2_device: str = "cpu"
+    sam2_dtype: str = "float32"          # or bfloat16 (autocast)
 
 
 def parse_scene_config(text: str) -> dict[str, Any]:
@@ -81,10 +92,27 @@ def make_pointer(settings: PointerSettings) -> Pointer:
     raise BackendError(f"unknown pointer backend {settings.backend!r}; known: {', '.join(POINTERS)}")
 
 
-def make_segmenter(backend: str) -> Segmenter:
-    """The segmenter a name stands for."""
+def make_segmenter(backend: str, settings: SegmenterSettings | None = None) -> Segmenter:
+    """The segmenter a name stands for. "auto": SAM2 where a checkpoint is configured, else
+    the classical CPU backend."""
+    settings = settings or SegmenterSettings()
+    if backend == "auto":
+        backend = "sam2" if settings.sam2_checkpoint else "classical"
     if backend == "classical":
         from videomolmo_ros.segment.classical import ClassicalSegmenter
 
         return ClassicalSegmenter()
+    if backend == "sam2":
+        try:
+            from videomolmo_ros.segment.sam2_backend import Sam2Segmenter
+            from videomolmo_ros.segment.sam2_build import Sam2BuildError
+        except ImportError as error:
+            raise BackendError(f"the sam2 backend needs torch and the sam2 package: "
+                               f"{error}") from error
+        try:
+            return Sam2Segmenter(settings.sam2_config, settings.sam2_checkpoint or None,
+                                 image_size=settings.sam2_image_size or None,
+                                 device=settings.sam2_device, dtype=settings.sam2_dtype)
+        except (Sam2BuildError, OSError, RuntimeError) as error:
+            raise BackendError(f"cannot build SAM2: {error}") from error
     raise BackendError(f"unknown segmenter backend {backend!r}; known: {', '.join(SEGMENTERS)}")

@@ -36,6 +36,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--k", type=int, default=10, help="keyframe interval")
     parser.add_argument("--query", action="append", default=[],
                         help="a query (repeatable); default: one of each kind the scene has")
+    parser.add_argument("--segmenter", default="auto", choices=("auto", "classical", "sam2"),
+                        help="mask backend (auto: sam2 when --sam2-checkpoint is given)")
+    parser.add_argument("--sam2-checkpoint", default="", help="SAM2 .pt file")
+    parser.add_argument("--sam2-config", default="sam2.1_hiera_t", help="its SAM2 config")
+    parser.add_argument("--sam2-image-size", type=int, default=0,
+                        help="SAM2 input size (0: the config's 1024)")
     parser.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder")
     return parser.parse_args(argv)
 
@@ -70,11 +76,17 @@ def main(argv: list[str] | None = None) -> int:
     frames = min(args.frames, len(scene.frames))
     expressions = pick_queries(scene, args.query)
     args.out.mkdir(parents=True, exist_ok=True)
+    segmenter = args.segmenter if args.segmenter != "auto" else (
+        "sam2" if args.sam2_checkpoint else "classical")
     print("pointer: ORACLE — it replays the synthetic scene's ground-truth points on keyframes "
-          "(no language model yet); the masks come from the segmenter.")
+          f"(no trained language model yet); masks: the {segmenter} segmenter.")
     log_path = args.out / "node.log"
     node = NodeProcess(DEFAULT_CONFIG, remappings={"camera/image_raw": IMAGE_TOPIC},
                        parameters={"oracle.scene_seed": args.seed, "k": args.k,
+                                   "segmenter.backend": args.segmenter,
+                                   "sam2.checkpoint": args.sam2_checkpoint,
+                                   "sam2.config": args.sam2_config,
+                                   "sam2.image_size": args.sam2_image_size,
                                    "oracle.scene_config": json.dumps(
                                        {"num_frames": max(args.frames, 2)})},
                        log_path=log_path)

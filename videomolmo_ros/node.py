@@ -35,8 +35,8 @@ from rclpy.qos import (DurabilityPolicy, QoSProfile, ReliabilityPolicy, HistoryP
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header, String
 
-from videomolmo_ros.backends import (BackendError, PointerSettings, make_pointer,
-                                     make_segmenter, parse_scene_config)
+from videomolmo_ros.backends import (BackendError, PointerSettings, SegmenterSettings,
+                                     make_pointer, make_segmenter, parse_scene_config)
 from videomolmo_ros.core.image_decode import ImageDecodeError, decode_image
 from videomolmo_ros.core.labels import compose_label_map
 from videomolmo_ros.msg import QueryPoints, TrackedQueries, TrackedQuery
@@ -98,8 +98,12 @@ class PointingNode(Node):
             model_path=p("model.path"), model_dtype=p("model.dtype"),
             model_device=p("model.device"), model_quantization=p("model.quantization"),
             max_new_tokens=int(p("model.max_new_tokens")), history_frames=int(p("l")))
+        segmenter = make_segmenter(p("segmenter.backend"), SegmenterSettings(
+            sam2_config=p("sam2.config"), sam2_checkpoint=p("sam2.checkpoint"),
+            sam2_image_size=int(p("sam2.image_size")), sam2_device=p("sam2.device"),
+            sam2_dtype=p("sam2.dtype")))
         self.engine = StreamingEngine(
-            make_pointer(settings), make_segmenter(p("segmenter.backend")),
+            make_pointer(settings), segmenter,
             EngineConfig(k=int(p("k")), l=int(p("l")), tau=float(p("tau")),
                          max_queries=int(p("max_queries")),
                          max_query_chars=int(p("max_query_chars"))))
@@ -150,7 +154,7 @@ class PointingNode(Node):
         self._worker.start()
         self.get_logger().info(
             f"ready: cameras={self.cameras} pointer={settings.backend} "
-            f"segmenter={p('segmenter.backend')} k={p('k')} l={p('l')} tau={p('tau')}")
+            f"segmenter={segmenter.name} k={p('k')} l={p('l')} tau={p('tau')}")
 
     # ----------------------------------------------------------------- parameters
     def _declare_parameters(self) -> None:
@@ -167,7 +171,12 @@ class PointingNode(Node):
         self.declare_parameter("model.device", "cpu")
         self.declare_parameter("model.quantization", "")
         self.declare_parameter("model.max_new_tokens", 300)
-        self.declare_parameter("segmenter.backend", "classical")
+        self.declare_parameter("segmenter.backend", "auto")
+        self.declare_parameter("sam2.config", "sam2.1_hiera_t")
+        self.declare_parameter("sam2.checkpoint", "")
+        self.declare_parameter("sam2.image_size", 0)
+        self.declare_parameter("sam2.device", "cpu")
+        self.declare_parameter("sam2.dtype", "float32")
         self.declare_parameter("max_queries", 32)
         self.declare_parameter("max_query_chars", 512)
         self.declare_parameter("max_image_pixels", 3840 * 2160)
