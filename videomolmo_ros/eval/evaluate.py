@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any, Sequence
 from urllib.parse import quote
 
-from videomolmo_ros.backends import BackendError, PointerSettings, make_pointer, make_segmenter
+from videomolmo_ros.backends import (BackendError, PointerSettings, SegmenterSettings,
+                                     make_pointer, make_segmenter)
 from videomolmo_ros.eval.datasets import TITLES, DatasetError, canonical_name, open_dataset
 from videomolmo_ros.eval.datasets.base import Expression, VideoSample
 from videomolmo_ros.eval.report import summary_markdown, videos_markdown
@@ -66,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-new-tokens", type=int, default=300)
     parser.add_argument("--segmenter", default="classical",
                         help="mask backend, as backends.make_segmenter names it")
+    parser.add_argument("--sam2-checkpoint", default="", help="SAM2 .pt file (sam2/auto)")
+    parser.add_argument("--sam2-config", default="sam2.1_hiera_t", help="its SAM2 config")
+    parser.add_argument("--sam2-image-size", type=int, default=0,
+                        help="SAM2 input size (0: the config's 1024)")
+    parser.add_argument("--sam2-device", default="cpu")
     parser.add_argument("--k", type=int, default=10, help="keyframe spacing")
     parser.add_argument("--l", type=int, default=4, help="history length of the temporal module")
     parser.add_argument("--tau", type=float, default=0.7, help="fusion IoU threshold")
@@ -86,7 +92,9 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
     pointer = "oracle" if args.oracle_points else args.pointer
     return {"dataset": canonical_name(args.dataset), "split": args.split, "pointer": pointer,
             "model": args.model if pointer == "videomolmo" else "",
-            "segmenter": args.segmenter, "k": args.k, "l": args.l, "tau": args.tau,
+            "segmenter": args.segmenter, "sam2_checkpoint": args.sam2_checkpoint,
+            "sam2_config": args.sam2_config, "sam2_image_size": args.sam2_image_size,
+            "k": args.k, "l": args.l, "tau": args.tau,
             "max_frames": args.max_frames, "min_visible_pixels": args.min_visible_pixels,
             "root": str(args.root)}
 
@@ -183,7 +191,9 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         config = EngineConfig(k=args.k, l=args.l, tau=args.tau)
     except ValueError as error:
         raise EvaluationError(str(error)) from error
-    segmenter = make_segmenter(args.segmenter)  # BackendError for unknown names
+    segmenter = make_segmenter(args.segmenter, SegmenterSettings(  # BackendError if unknown
+        sam2_config=args.sam2_config, sam2_checkpoint=args.sam2_checkpoint,
+        sam2_image_size=args.sam2_image_size, sam2_device=args.sam2_device))
     ids = dataset.video_ids()[:args.limit] if args.limit is not None else dataset.video_ids()
     if not ids:
         raise EvaluationError(f"{settings['dataset']}: no videos under {args.root}")
