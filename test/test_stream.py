@@ -23,7 +23,8 @@ from videomolmo_ros.core.points import Point
 from videomolmo_ros.pointers.base import Pointer
 from videomolmo_ros.segment.base import MaskTracker, Segmenter
 from videomolmo_ros.stream import (EngineConfig, EngineWarning, KeyframePoints, MaskEvent,
-                                   RunningStats, StreamingEngine)
+                                   StreamingEngine)
+from videomolmo_ros.core.stats import RunningStats
 
 # ----------------------------------------------------------------------------- fakes
 

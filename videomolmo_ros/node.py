@@ -42,8 +42,9 @@ from videomolmo_ros.core.labels import compose_label_map
 from videomolmo_ros.msg import QueryPoints, TrackedQueries, TrackedQuery
 from videomolmo_ros.overlay import draw_overlay
 from videomolmo_ros.srv import CancelQuery, PointQuery
+from videomolmo_ros.core.stats import RunningStats
 from videomolmo_ros.stream import (EngineConfig, EngineWarning, KeyframePoints, MaskEvent,
-                                   RunningStats, StreamingEngine)
+                                   StreamingEngine)
 
 
 def stamp_to_ns(stamp: Time) -> int:
@@ -390,6 +391,9 @@ class PointingNode(Node):
             cameras.setdefault(name, {}).update(vars(counters))
         stages = {name: stats.summary() for name, stats in self.engine.timings.items()}
         stages.update({name: stats.summary() for name, stats in self._timings.items()})
+        pointer_timings = getattr(self.engine.pointer, "timings", {})  # the model's own split
+        stages.update({f"pointer.{name}": stats.summary()
+                       for name, stats in pointer_timings.items()})
         self._pub_stats.publish(String(data=json.dumps({"cameras": cameras, "stages": stages})))
 
     @staticmethod

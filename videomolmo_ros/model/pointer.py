@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -28,6 +29,7 @@ import torch
 
 from videomolmo_ros.core.frame import Frame
 from videomolmo_ros.core.points import Point, parse_points
+from videomolmo_ros.core.stats import RunningStats
 from videomolmo_ros.model.preprocessing import (CropLayout, ImageTokenIds, MultiCropPreprocessor,
                                                 black_frame)
 from videomolmo_ros.model.videomolmo import VideoMolmoModel
@@ -98,6 +100,10 @@ class VideoMolmoPointer(Pointer):
         self.bos_id = int(bos) if bos is not None else self.eos_id
         self._padding_features: dict[CropLayout, FrameFeatures] = {}
         self.last_texts: list[str] = []
+        # Seconds per stage: vision (pre-processing + ViT, per encoded frame), image
+        # (temporal module + pooling + projector, per keyframe), prefill and decode (per query).
+        self.timings = {stage: RunningStats() for stage in ("vision", "image", "prefill",
+                                                            "decode")}
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, tokenizer: Any = None, *,
@@ -120,9 +126,11 @@ class VideoMolmoPointer(Pointer):
     @torch.inference_mode()
     def encode_image(self, image: Any, layout: CropLayout | None = None) -> FrameFeatures:
         """An RGB uint8 image -> its features (in ``layout`` if given, else its own)."""
+        started = time.perf_counter()
         frame = self.preprocessor.frame(image, layout)
         crops = frame.crops.to(device=self.model.device, dtype=self.model.dtype)
         features = self.model.encode_frame(crops)  # (T, P, C)
+        self.timings["vision"].add(time.perf_counter() - started)
         return FrameFeatures(features, frame.masks.to(self.model.device), frame.layout)
 
     def encode(self, frame: Frame) -> FrameFeatures:
@@ -180,9 +188,11 @@ class VideoMolmoPointer(Pointer):
         model = self.model
         keyframe = features if isinstance(features, FrameFeatures) else self.encode(frame)
         context = [c[None] for c in self.temporal_context(keyframe, history)]
+        started = time.perf_counter()
         # Temporal module + pooling + projector, once for all queries: (1, T, K, d).
         image = model.image_embeddings(keyframe.features[None], context or None,
                                        keyframe.masks[None])
+        self.timings["image"].add(time.perf_counter() - started)
         prefix_ids, image_index = self.preprocessor.prompt(keyframe.layout, [], self.bos_id)
         prefix_ids = prefix_ids[None].to(model.device)  # (1, 1 + image tokens)
         image_index = image_index[None].to(model.device)  # (1, T, K)
@@ -192,6 +202,7 @@ class VideoMolmoPointer(Pointer):
             prefix_cache = model.decode(embeds, use_cache=True, compute_logits=False).cache
         answers = []
         for query in queries:
+            started = time.perf_counter()
             text_ids = torch.tensor([self.tokenizer.encode(
                 user_message(pointing_instruction(query, self.prompt_template)),
                 add_special_tokens=False)], dtype=torch.long, device=model.device)
@@ -203,7 +214,10 @@ class VideoMolmoPointer(Pointer):
                 embeds = model.embed_inputs(torch.cat([prefix_ids, text_ids], dim=1), image,
                                             image_index)
                 out = model.decode(embeds, use_cache=True, logits_to_keep=1)
+            prefilled = time.perf_counter()
+            self.timings["prefill"].add(prefilled - started)
             answers.append(self._decode_greedy(out.logits, out.cache))
+            self.timings["decode"].add(time.perf_counter() - prefilled)
         return answers
 
     def point(self, frame: Frame, features: Any, history: Sequence[Any],
