@@ -2,6 +2,7 @@
 
     python benchmarks/model_latency.py                      # tiny random model, CPU, 1 thread
     python benchmarks/model_latency.py --size full --device cuda --dtype bf16   # on a GPU
+    python benchmarks/model_latency.py --quantization fp4   # 4-bit (bitsandbytes), as released
 
 Random weights, so the answers are noise and decoding always runs the full token budget
 (``--new-tokens``); that makes tokens per second well defined. Stages are timed with forward
@@ -18,6 +19,10 @@ Then the per-keyframe cost for Q = 1, 4, 8 queries of (a) this pointer: each fra
 (the l history frames were encoded when they arrived), image prefix shared by the queries, and
 (b) the release's way: every query re-encodes the keyframe and its l history frames and
 prefills the whole prompt. Figures only; nothing asserts a speed.
+
+``--quantization fp4|nf4`` replaces every Linear but the LM head with bitsandbytes' 4-bit
+``Linear4bit`` (compute in bf16), as ``load_videomolmo(..., quantization=...)`` does; the header
+line gives the bytes of the weights (4-bit statistics included) either way.
 """
 from __future__ import annotations
 
@@ -34,6 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from videomolmo_ros.core.frame import Frame  # noqa: E402
+from videomolmo_ros.model import quantization as quant  # noqa: E402
 from videomolmo_ros.model.config import VideoMolmoConfig  # noqa: E402
 from videomolmo_ros.model.pointer import VideoMolmoPointer  # noqa: E402
 from videomolmo_ros.model.testing import tiny_tokenizer  # noqa: E402
@@ -96,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", choices=("tiny", "full"), default="tiny")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
+    parser.add_argument("--quantization", choices=("", "fp4", "nf4"), default="",
+                        help="4-bit weights through bitsandbytes (fp4 = the release's)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (shared machines)")
     parser.add_argument("--height", type=int, default=240)
     parser.add_argument("--width", type=int, default=320)
@@ -116,6 +124,13 @@ def main(argv: list[str] | None = None) -> int:
     with device:
         model = VideoMolmoModel(config).eval()
     torch.set_default_dtype(previous_dtype)
+    n_params = sum(p.numel() for p in model.parameters())
+    if args.quantization:
+        quant.quantize_model(model, args.quantization, device=device,
+                             compute_dtype=torch.bfloat16)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    weight_mib = quant.weight_bytes(model) / 2**20
     tokenizer = tiny_tokenizer()
     if args.size == "full":  # random weights: Molmo's tokenizer is not needed, only its layout
         tokenizer = _ShiftedMarkers(tokenizer, config.embedding_size)
@@ -137,8 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     history = [pointer.encode(f) for f in video[:-1]][::-1]  # encoded when they arrived
     layout = pointer.preprocessor.layout(args.height, args.width)
     prompt_len = 1 + len(pointer.preprocessor.image_tokens(layout).tokens)
-    n_params = sum(p.numel() for p in model.parameters())
-    print(f"model: {args.size} ({n_params / 1e6:.2f} M parameters), {args.dtype}, {device}, "
+    weights = f"{args.dtype} + {args.quantization}" if args.quantization else args.dtype
+    print(f"model: {args.size} ({n_params / 1e6:.2f} M parameters, {weight_mib:.2f} MiB of "
+          f"weights), {weights}, {device}, "
           f"{args.threads} thread(s); frame {args.height}x{args.width} -> "
           f"{layout.num_crops} crops, {prompt_len} prompt tokens before the text; l = {l}; "
           f"{args.new_tokens} new tokens")

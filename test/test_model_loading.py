@@ -173,14 +173,8 @@ def test_bf16_loading(model: VideoMolmoModel, checkpoint: str) -> None:
         load_videomolmo(checkpoint, dtype=torch.float16)
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only message")
-@pytest.mark.parametrize("kind", ["fp4", "nf4"])
-def test_four_bit_on_cpu_is_a_clear_error(checkpoint: str, kind: str) -> None:
-    with pytest.raises(RuntimeError, match="CUDA"):
-        load_videomolmo(checkpoint, quantization=kind)
-
-
 def test_unknown_quantization_and_missing_checkpoint() -> None:
+    # 4-bit loading itself (CPU and CUDA) is tested in test_model_quantization.py.
     with pytest.raises(ValueError, match="quantization"):
         loading.check_quantization_available("int3")
     with pytest.raises(FileNotFoundError, match="never downloads"):

@@ -24,7 +24,10 @@ vision_backbone.{image_vit.*, image_pooling_2d.*,   same names
 Every checkpoint tensor must be used and every model parameter filled, with the right shape; a
 ``CheckpointMismatchError`` lists what is missing and what is unexpected (release names). No code
 from the checkpoint is ever run (``trust_remote_code`` is never used); ``.bin`` pickles are not
-read. 4-bit loading needs CUDA and bitsandbytes; on a CPU it stops with a clear message.
+read. 4-bit loading (``quantization="fp4"``, the release's, or ``"nf4"``) replaces every Linear
+but the LM head with bitsandbytes' ``Linear4bit`` after the fp weights are loaded (see
+``videomolmo_ros.model.quantization``); it runs on CUDA and on the CPU, and without bitsandbytes
+it stops with a message that says what to install.
 """
 from __future__ import annotations
 
@@ -36,6 +39,7 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
+from videomolmo_ros.model import quantization as quant
 from videomolmo_ros.model.config import VideoMolmoConfig
 from videomolmo_ros.model.videomolmo import VideoMolmoModel
 
@@ -43,7 +47,7 @@ PREFIX = "model."
 WEIGHTS_NAME = "model.safetensors"
 WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 MOLMO_TOKENIZER = "allenai/Molmo-7B-D-0924"  # the tokenizer VideoMolmo's release uses
-QUANTIZATION_TYPES = ("fp4", "nf4")  # bitsandbytes 4-bit; the release's default is fp4
+QUANTIZATION_TYPES = quant.QUANT_TYPES  # bitsandbytes 4-bit; the release's default is fp4
 
 # ViT block: release suffix -> CLIPEncoderLayer suffix.
 _VIT_BLOCK_NAMES = {
@@ -271,37 +275,32 @@ def _torch_dtype(dtype: torch.dtype | str) -> torch.dtype:
     return resolved
 
 
-def check_quantization_available(quantization: str | None) -> None:
-    """Raise a clear error unless 4-bit loading can run here (CUDA + bitsandbytes)."""
+def check_quantization_available(quantization: str | None,
+                                 device: str | torch.device = "cpu") -> None:
+    """Raise a clear error unless 4-bit loading can run on ``device``: a known type ("fp4",
+    "nf4"; ValueError otherwise), bitsandbytes importable, and a CPU or an available CUDA device
+    (``quantization.QuantizationUnavailableError``, a RuntimeError, otherwise)."""
     if quantization is None:
         return
-    if quantization not in QUANTIZATION_TYPES:
-        raise ValueError(f"quantization must be one of {QUANTIZATION_TYPES} or None, "
-                         f"got {quantization!r}")
-    if not torch.cuda.is_available():
-        raise RuntimeError(
-            f"4-bit ({quantization}) loading needs a CUDA GPU and bitsandbytes; this machine has "
-            "no CUDA device. Load with quantization=None and dtype='bf16' or 'fp32' on a CPU.")
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError as error:
-        raise RuntimeError(f"4-bit ({quantization}) loading needs the bitsandbytes package "
-                           "(pip install bitsandbytes)") from error
+    quant.check_quant_type(quantization)
+    quant.import_bitsandbytes()
+    quant.check_device(device)
 
 
 def load_videomolmo(name_or_path: str | os.PathLike, *, dtype: torch.dtype | str = torch.float32,
                     device: str | torch.device = "cpu", quantization: str | None = None,
-                    config: VideoMolmoConfig | None = None) -> VideoMolmoModel:
+                    config: VideoMolmoConfig | None = None,
+                    compute_dtype: torch.dtype | str | None = None) -> VideoMolmoModel:
     """Load a checkpoint in the release layout into ``VideoMolmoModel`` (eval mode).
 
     name_or_path: a directory, or a repository id present in the local Hugging Face cache.
-    dtype: float32 or bfloat16. quantization: None, or "fp4"/"nf4" (bitsandbytes, CUDA only).
-    config: used instead of ``config.json``; the checkpoint must still match it exactly.
+    dtype: float32 or bfloat16 (of everything not quantised). quantization: None, or
+    "fp4" (the release's) / "nf4": every Linear but the LM head becomes a bitsandbytes
+    ``Linear4bit``, quantised on ``device`` (CPU or CUDA). compute_dtype: what the 4-bit layers
+    compute in (default bfloat16, the release's autocast). config: used instead of
+    ``config.json``; the checkpoint must still match it exactly.
     """
-    check_quantization_available(quantization)
-    if quantization is not None:
-        raise NotImplementedError("4-bit loading on CUDA is not implemented yet (issue 3, later "
-                                  "slice); load in bf16")
+    check_quantization_available(quantization, device)
     directory = resolve_checkpoint(name_or_path)
     dtype = _torch_dtype(dtype)
     shapes = read_tensor_shapes(directory)
@@ -315,7 +314,11 @@ def load_videomolmo(name_or_path: str | os.PathLike, *, dtype: torch.dtype | str
         model = VideoMolmoModel(config)
     state = from_release_state_dict(read_tensors(directory, dtype), config)
     model.load_state_dict(state, strict=True, assign=True)
+    del state  # the model holds the tensors now; quantising can free them layer by layer
     _materialize_buffers(model)
+    if quantization is not None:
+        quant.quantize_model(model, quantization, device=device,
+                             compute_dtype=_torch_dtype(compute_dtype or torch.bfloat16))
     return model.to(device=device).eval()
 
 
@@ -335,6 +338,10 @@ def save_release_layout(model: VideoMolmoModel, directory: str | os.PathLike,
     """Write ``config.json``, safetensors shards and ``model.safetensors.index.json`` the way
     the release is stored (for tests and for checkpoints trained here). Returns the directory."""
     from safetensors.torch import save_file
+
+    if quant.is_quantized(model):
+        raise ValueError("a 4-bit model cannot be saved in the release layout (it stores fp "
+                         "weights); save the model before quantising it")
 
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
