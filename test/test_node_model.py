@@ -41,7 +41,8 @@ def test_node_points_with_a_checkpoint_loaded_by_the_real_loader():
     client = PointingClient(IMAGE_TOPIC)
     try:
         assert client.wait_for_node(60, alive=node.alive), node.log()
-        assert "pointer=videomolmo" in node.log()
+        # the node logs its settings just after its services appear: wait for the line
+        assert wait_for(lambda: "pointer=videomolmo" in node.log(), 10), node.log()
         scene = make_scene(SceneConfig(seed=1, num_frames=8))
         assert client.publish_and_wait(scene.frames[0], scene.stamp_ns(0), timeout=30)
         future = client.ask("the red circle", track=True, timeout_s=60)

@@ -29,7 +29,9 @@ def test_node_tracks_with_sam2_from_a_checkpoint_file():
     client = PointingClient(IMAGE_TOPIC)
     try:
         assert client.wait_for_node(90, alive=node.alive), node.log()
-        assert "segmenter=sam2" in node.log()  # "auto" picks SAM2 once a checkpoint is set
+        # The node logs its settings just after its services appear: wait for the line.
+        # "auto" picks SAM2 once a checkpoint is set.
+        assert wait_for(lambda: "segmenter=sam2" in node.log(), 10), node.log()
         scene = make_scene(SceneConfig(seed=0, num_frames=8))
         expression = next(e for e in scene.expressions if e.kind == "attribute")
         assert client.publish_and_wait(scene.frames[0], scene.stamp_ns(0), timeout=60)
