@@ -22,6 +22,7 @@ def test_queries_and_masks_stay_with_their_camera():
         for name, client in clients.items():
             assert client.publish_and_wait(scene.frames[0], scene.stamp_ns(0)), node.log()
         answer = clients["wrist"].ask(expression.text, camera="wrist")
+        assert clients["wrist"].wait_for_query(expression.text), node.log()
         for t in range(1, 10):
             for client in clients.values():
                 assert client.publish_and_wait(scene.frames[t], scene.stamp_ns(t)), node.log()

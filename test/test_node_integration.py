@@ -30,15 +30,8 @@ def ros():
                        ros_args=node_ros_args(launched), log_path=log,
                        parameters={"oracle.scene_seed": SCENE_SEED, "k": K})
     client = PointingClient(IMAGE_TOPIC, node_name=f"/{launched.name}")
-    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-    from videomolmo_ros.msg import TrackedQueries
-    queries: list = []
-    client.node.create_subscription(
-        TrackedQueries, f"/{launched.name}/queries", queries.append,
-        QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                   durability=DurabilityPolicy.TRANSIENT_LOCAL))
     assert client.wait_for_node(30, alive=node.alive), node.log()
-    yield dict(node=node, client=client, queries=queries)
+    yield dict(node=node, client=client)
     client.close()
     node.stop()
 
@@ -66,6 +59,8 @@ def test_pointing_tracking_and_fusion_over_dds(ros):
     # A standing and a one-shot query: both are answered at the next keyframe (frame K).
     standing = client.ask(expression.text, track=True)
     one_shot = client.ask(expression.text, track=False)
+    assert wait_for(lambda: sum(q.query == expression.text for q in client.live_queries) == 2,
+                    10), node.log()
     last = 3 * K  # frames 0..3K: keyframes 0, K, 2K, 3K
     for t in range(1, last + 1):
         assert client.publish_and_wait(scene.frames[t], scene.stamp_ns(t)), node.log()
@@ -101,8 +96,8 @@ def test_pointing_tracking_and_fusion_over_dds(ros):
         ious.append(region_similarity(label_map == answer.label, truth))
     assert np.mean(ious) > 0.5, ious
 
-    assert wait_for(lambda: ros["queries"] and any(
-        q.query_id == answer.query_id for q in ros["queries"][-1].queries), 5)
+    # ~/queries lists the standing query (the one-shot one is gone after its answer).
+    assert wait_for(lambda: [q.query_id for q in client.live_queries] == [answer.query_id], 5)
 
     # Cancel: an unknown id is refused; the real one stops the masks at once.
     assert not client.cancel(9999).success

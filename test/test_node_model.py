@@ -46,6 +46,7 @@ def test_node_points_with_a_checkpoint_loaded_by_the_real_loader():
         scene = make_scene(SceneConfig(seed=1, num_frames=8))
         assert client.publish_and_wait(scene.frames[0], scene.stamp_ns(0), timeout=30)
         future = client.ask("the red circle", track=True, timeout_s=60)
+        assert client.wait_for_query("the red circle"), node.log()
         for t in range(1, 7):
             assert client.publish_and_wait(scene.frames[t], scene.stamp_ns(t), timeout=30), \
                 node.log()

@@ -36,6 +36,7 @@ def test_node_tracks_with_sam2_from_a_checkpoint_file():
         expression = next(e for e in scene.expressions if e.kind == "attribute")
         assert client.publish_and_wait(scene.frames[0], scene.stamp_ns(0), timeout=60)
         answer = client.ask(expression.text, track=True, timeout_s=60)
+        assert client.wait_for_query(expression.text), node.log()
         for t in range(1, 8):
             assert client.publish_and_wait(scene.frames[t], scene.stamp_ns(t), timeout=60), \
                 node.log()

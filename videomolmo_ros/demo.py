@@ -99,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         if not client.publish_and_wait(scene.frames[0], scene.stamp_ns(0)):
             raise SystemExit(f"the node processed no frame; its log: {log_path}")
         futures = [client.ask(e.text, track=True) for e in expressions]
+        for expression in expressions:  # registered before the next keyframe comes
+            client.wait_for_query(expression.text)
         for t in range(1, frames):
             if not client.publish_and_wait(scene.frames[t], scene.stamp_ns(t)):
                 print(f"warning: frame {t} was not processed in time", file=sys.stderr)

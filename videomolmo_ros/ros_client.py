@@ -22,7 +22,7 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profi
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header, String
 
-from videomolmo_ros.msg import QueryPoints
+from videomolmo_ros.msg import QueryPoints, TrackedQueries
 from videomolmo_ros.node import ns_to_stamp, stamp_to_ns
 from videomolmo_ros.srv import CancelQuery, PointQuery
 
@@ -150,6 +150,11 @@ class PointingClient:
                                       self._store_overlay, reliable)
         self.node.create_subscription(QueryPoints, f"{node_name}/points", self._store_points,
                                       reliable)
+        self.live_queries: list = []  # the node's latest ~/queries (TrackedQuery list)
+        self.node.create_subscription(
+            TrackedQueries, f"{node_name}/queries", self._store_queries,
+            QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                       durability=DurabilityPolicy.TRANSIENT_LOCAL))
         self.stats: dict = {}  # the node's latest ~/stats
         self.node.create_subscription(String, f"{node_name}/stats", self._store_stats, reliable)
         self._images = self.node.create_publisher(Image, image_topic, qos_profile_sensor_data)
@@ -171,6 +176,10 @@ class PointingClient:
     def _store_overlay(self, msg: Image) -> None:
         with self.lock:
             self.overlays[stamp_to_ns(msg.header.stamp)] = (msg, time.monotonic())
+
+    def _store_queries(self, msg) -> None:
+        with self.lock:
+            self.live_queries = list(msg.queries)
 
     def _store_stats(self, msg: String) -> None:
         with self.lock:
@@ -212,6 +221,11 @@ class PointingClient:
         return self._point.call_async(PointQuery.Request(query=query, camera=camera,
                                                          track=bool(track),
                                                          timeout_s=float(timeout_s)))
+
+    def wait_for_query(self, text: str, timeout: float = 10.0) -> bool:
+        """Wait until the node lists a live query with this text (it is registered and will
+        be pointed at on the camera's next keyframe)."""
+        return wait_for(lambda: any(q.query == text for q in self.live_queries), timeout)
 
     def cancel(self, query_id: int, timeout: float = 10.0) -> CancelQuery.Response | None:
         future = self._cancel.call_async(CancelQuery.Request(query_id=query_id))
