@@ -37,6 +37,7 @@ import numpy as np
 
 from videomolmo_ros.core.frame import Frame
 from videomolmo_ros.segment.base import Masks, MaskTracker, Segmenter
+from videomolmo_ros.segment.common import FrameCache, as_points, check_image
 
 _DIS_PRESETS = {
     "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
@@ -160,7 +161,7 @@ class ClassicalTracker(MaskTracker):
         preset = _DIS_PRESETS[self.config.flow_preset]
         self._flow_fwd = cv2.DISOpticalFlow_create(preset)
         self._flow_bwd = cv2.DISOpticalFlow_create(preset)
-        self._cache: dict[tuple[int, int], dict[str, np.ndarray]] = {}
+        self._cache: FrameCache[dict[str, np.ndarray]] = FrameCache(config.max_cache_frames)
         self._tracks: dict[int, _Track] = {}
         self._prev: Frame | None = None
         self._prev_gray: np.ndarray | None = None
@@ -170,14 +171,14 @@ class ClassicalTracker(MaskTracker):
 
     def prompt(self, frame: Frame, points: Mapping[int, np.ndarray]) -> Masks:
         """Masks from points (union of per-point regions); restarts the forward tracks."""
-        _check_image(frame)
+        check_image(frame)
         smooth = self._smooth(frame)
         colours = _PromptColours.of(smooth)
         bins = self._bins(frame, colours.lab) if self.config.refine else None
         masks: Masks = {}
         tracks: dict[int, _Track] = {}
         for qid, pts in points.items():
-            mask = self._segment_points(colours, frame.image, _as_points(pts))
+            mask = self._segment_points(colours, frame.image, as_points(pts))
             masks[qid] = mask
             tracks[qid] = _Track(mask.copy(), self._colour_model(bins, mask))
         self._tracks = tracks
@@ -187,7 +188,7 @@ class ClassicalTracker(MaskTracker):
 
     def forward(self, frame: Frame) -> Masks:
         """Propagate every tracked mask from the previous frame of this tracker to ``frame``."""
-        _check_image(frame)
+        check_image(frame)
         if self._prev is None:
             return {}
         shape = frame.image.shape[:2]
@@ -209,10 +210,10 @@ class ClassicalTracker(MaskTracker):
     def backward(self, keyframe: Frame, key_masks: Mapping[int, np.ndarray],
                  frames: Sequence[Frame]) -> list[Masks]:
         """Propagate ``key_masks`` newest-first over ``frames``; forward state is untouched."""
-        _check_image(keyframe)
+        check_image(keyframe)
         last = keyframe.index
         for f in reversed(frames):
-            _check_image(f)
+            check_image(f)
             if f.index >= last:
                 raise ValueError("backward frames must be strictly increasing in index and "
                                  f"precede the keyframe ({f.index} >= {last})")
@@ -245,26 +246,19 @@ class ClassicalTracker(MaskTracker):
 
     def forget(self, before_index: int) -> None:
         """Drop the cached grey images and colour bins of frames with index < ``before_index``."""
-        for key in [k for k in self._cache if k[0] < before_index]:
-            del self._cache[key]
+        self._cache.forget(before_index)
 
     @property
     def cached_indices(self) -> list[int]:
         """Frame indices with cached per-frame data (for monitoring and tests)."""
-        return sorted(k[0] for k in self._cache)
+        return self._cache.indices
 
     # ------------------------------------------------------------------ per-frame cache
 
     def _entry(self, frame: Frame) -> dict[str, np.ndarray]:
-        # Keyed by (index, stamp) so a restarted stream reusing indices never hits stale data.
-        key = (frame.index, frame.stamp_ns)
-        entry = self._cache.get(key)
-        if entry is None or entry["gray"].shape != frame.image.shape[:2]:
-            entry = {"gray": cv2.cvtColor(frame.image, cv2.COLOR_RGB2GRAY)}
-            self._cache[key] = entry
-            while len(self._cache) > self.config.max_cache_frames:
-                del self._cache[next(iter(self._cache))]  # oldest inserted first
-        return entry
+        return self._cache.get(
+            frame, lambda f: {"gray": cv2.cvtColor(f.image, cv2.COLOR_RGB2GRAY)},
+            valid=lambda entry: entry["gray"].shape == frame.image.shape[:2])
 
     def _gray(self, frame: Frame) -> np.ndarray:
         return self._entry(frame)["gray"]
@@ -530,27 +524,9 @@ class _PromptColours:
                               sq_norm=(rgb * rgb).sum(axis=2))
 
 
-def _check_image(frame: Frame) -> None:
-    img = frame.image
-    if not (isinstance(img, np.ndarray) and img.dtype == np.uint8 and img.ndim == 3
-            and img.shape[2] == 3 and img.shape[0] > 0 and img.shape[1] > 0):
-        shape = getattr(img, "shape", None)
-        raise ValueError(f"frame {frame.index}: image must be H x W x 3 uint8 RGB, got "
-                         f"{shape} {getattr(img, 'dtype', type(img).__name__)}")
-
-
 def _close_and_fill(region: np.ndarray) -> np.ndarray:
     """The region closed (5x5 disk: notches from pattern dots at its edge) and hole-filled."""
     u8 = cv2.morphologyEx(region.astype(np.uint8), cv2.MORPH_CLOSE, _DISK5)
     contours, _ = cv2.findContours(u8, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     cv2.drawContours(u8, contours, -1, 1, thickness=-1)
     return u8 > 0
-
-
-def _as_points(pts: np.ndarray) -> np.ndarray:
-    arr = np.asarray(pts, dtype=np.float64)
-    if arr.size == 0:
-        return arr.reshape(0, 2)
-    if arr.ndim != 2 or arr.shape[1] != 2:
-        raise ValueError(f"points must be N x 2 (x, y), got shape {arr.shape}")
-    return arr[np.isfinite(arr).all(axis=1)]

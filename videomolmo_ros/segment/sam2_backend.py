@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping, NamedTuple, Sequence
 
@@ -58,6 +57,7 @@ from PIL import Image
 
 from videomolmo_ros.core.frame import Frame
 from videomolmo_ros.segment.base import Masks, MaskTracker, Segmenter
+from videomolmo_ros.segment.common import FrameCache, as_points, check_image
 from videomolmo_ros.segment.sam2_build import build_model
 
 log = logging.getLogger(__name__)
@@ -159,7 +159,7 @@ class Sam2Tracker(MaskTracker):
         self.max_cached_frames = max_cached_frames
         self.device = model.device
         self.size = int(model.image_size)
-        self._cache: OrderedDict[tuple[int, int], _Features] = OrderedDict()
+        self._cache: FrameCache[_Features] = FrameCache(max_cached_frames)
         self._objects: list[_Object] = []
         self._queries: list[int] | None = None  # tracked query ids; None before any prompt
         self._last_index: int | None = None
@@ -178,8 +178,8 @@ class Sam2Tracker(MaskTracker):
 
     def prompt(self, frame: Frame, points: Mapping[int, np.ndarray]) -> Masks:
         """One SAM2 object per point, masks OR-ed per query; restarts the forward tracks."""
-        _check_image(frame)
-        prompts = {qid: _as_points(pts) for qid, pts in points.items()}
+        check_image(frame)
+        prompts = {qid: as_points(pts) for qid, pts in points.items()}
         self._objects, self._queries, self._key = [], list(prompts), None
         self._last_index = frame.index
         try:
@@ -202,7 +202,7 @@ class Sam2Tracker(MaskTracker):
 
     def forward(self, frame: Frame) -> Masks:
         """Propagate every tracked object to the next frame (stock ``propagate_in_video``)."""
-        _check_image(frame)
+        check_image(frame)
         if self._queries is None:
             return {}
         if self._last_index is not None and frame.index <= self._last_index:
@@ -224,10 +224,10 @@ class Sam2Tracker(MaskTracker):
     def backward(self, keyframe: Frame, key_masks: Mapping[int, np.ndarray],
                  frames: Sequence[Frame]) -> list[Masks]:
         """Propagate from ``keyframe`` over ``frames`` newest first (stock ``reverse=True``)."""
-        _check_image(keyframe)
+        check_image(keyframe)
         last = keyframe.index
         for f in reversed(frames):
-            _check_image(f)
+            check_image(f)
             if f.index >= last:
                 raise ValueError("backward frames must be strictly increasing in index and "
                                  f"precede the keyframe ({f.index} >= {last})")
@@ -260,15 +260,14 @@ class Sam2Tracker(MaskTracker):
 
     def forget(self, before_index: int) -> None:
         """Drop the image features of frames with index < ``before_index``."""
-        for key in [k for k in self._cache if k[0] < before_index]:
-            del self._cache[key]
+        self._cache.forget(before_index)
 
     # ------------------------------------------------------------------ monitoring
 
     @property
     def cached_indices(self) -> list[int]:
         """Frame indices whose image features are cached."""
-        return sorted(k[0] for k in self._cache)
+        return self._cache.indices
 
     def memory_entries(self) -> dict[str, int]:
         """Sizes of the forward state: objects, memory-bank entries, spatial memories."""
@@ -285,19 +284,14 @@ class Sam2Tracker(MaskTracker):
 
     def _features(self, frame: Frame) -> _Features:
         """The frame's backbone features, computed once and cached (see ``forget``)."""
-        key = (frame.index, frame.stamp_ns)
-        hit = self._cache.get(key)
-        if hit is not None:
-            return hit
+        return self._cache.get(frame, self._encode)
+
+    def _encode(self, frame: Frame) -> _Features:
         image = self._preprocess(frame.image)  # 1 x 3 x S x S
         backbone_out = self.model.forward_image(image)
         _, feats, pos, sizes = self.model._prepare_backbone_features(backbone_out)
-        entry = _Features(feats, self._shared_pos(pos), sizes)
         self.encoded_frames += 1
-        self._cache[key] = entry
-        while len(self._cache) > self.max_cached_frames:
-            self._cache.popitem(last=False)  # oldest inserted first
-        return entry
+        return _Features(feats, self._shared_pos(pos), sizes)
 
     def _shared_pos(self, pos: list[torch.Tensor]) -> list[torch.Tensor]:
         """One copy of the image positional encodings (they depend on the shape only).
@@ -478,22 +472,3 @@ def _has_sam2_extension() -> bool:
 
 def _empty(frame: Frame, queries: Iterator[int] | Mapping[int, Any] | Sequence[int]) -> Masks:
     return {qid: np.zeros((frame.height, frame.width), bool) for qid in queries}
-
-
-def _check_image(frame: Frame) -> None:
-    img = frame.image
-    if not (isinstance(img, np.ndarray) and img.dtype == np.uint8 and img.ndim == 3
-            and img.shape[2] == 3 and img.shape[0] > 0 and img.shape[1] > 0):
-        shape = getattr(img, "shape", None)
-        raise ValueError(f"frame {frame.index}: image must be H x W x 3 uint8 RGB, got "
-                         f"{shape} {getattr(img, 'dtype', type(img).__name__)}")
-
-
-def _as_points(pts: np.ndarray) -> np.ndarray:
-    """N x 2 float (x, y) pixels; non-finite points dropped."""
-    arr = np.asarray(pts, dtype=np.float64)
-    if arr.size == 0:
-        return arr.reshape(0, 2)
-    if arr.ndim != 2 or arr.shape[1] != 2:
-        raise ValueError(f"points must be N x 2 (x, y), got shape {arr.shape}")
-    return arr[np.isfinite(arr).all(axis=1)]
