@@ -1,0 +1,156 @@
+"""The trainer: parameter groups, loss goes down, reproducible and exactly resumable runs, the
+command line, and a final model that ``VideoMolmoPointer.from_pretrained`` loads."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from videomolmo_ros.model import loading  # noqa: E402
+from videomolmo_ros.model.pointer import VideoMolmoPointer  # noqa: E402
+from videomolmo_ros.model.videomolmo import VideoMolmoModel  # noqa: E402
+from videomolmo_ros.train.__main__ import main  # noqa: E402
+from videomolmo_ros.train.dataset import PointingDataset, collate  # noqa: E402
+from videomolmo_ros.train.presets import preset, tiny  # noqa: E402
+from videomolmo_ros.train.testing import TINY_SCENE, small_tokenizer, tiny_data  # noqa: E402
+from videomolmo_ros.train.trainer import (LOG_NAME, STATE_NAME, TrainConfig,  # noqa: E402
+                                          Trainer, answer_loss, latest_checkpoint,
+                                          parameter_groups)
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("tokenizer")
+    small_tokenizer().save_pretrained(str(directory))
+    return str(directory)
+
+
+def run_config(out, tokenizer_dir, **overrides) -> TrainConfig:
+    values = dict(output_dir=str(out), preset="tiny", data=tiny_data(), steps=4, batch_frames=1,
+                  grad_accum=2, warmup_steps=1, save_every=2, tokenizer=tokenizer_dir,
+                  lr_llm=3e-3, lr_vision=3e-3)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def test_parameter_groups_split_llm_and_vision():
+    model = VideoMolmoModel(tiny())
+    groups = parameter_groups(model, 1e-3, 5e-4)
+    assert [g["name"] for g in groups] == ["llm", "vision"]
+    assert [g["lr"] for g in groups] == [1e-3, 5e-4]
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert sorted(ids) == sorted(id(p) for p in model.parameters())  # each exactly once
+    vision = {id(p) for p in groups[1]["params"]}
+    for module in ("image_vit", "adapter", "image_pooling_2d", "image_projector"):
+        sub = getattr(model.vision_backbone, module)
+        assert all(id(p) in vision for p in sub.parameters())
+    assert id(model.lm_head.weight) not in vision
+
+
+def test_one_step_lowers_the_loss_on_a_fixed_batch():
+    tokenizer = small_tokenizer()
+    torch.manual_seed(0)
+    model = VideoMolmoModel(tiny()).train()
+    dataset = PointingDataset(tiny_data(), model.config, tokenizer)
+    batch = collate([dataset[0], dataset[1]], tokenizer.pad_token_id)
+    optimizer = torch.optim.AdamW(parameter_groups(model, 3e-3, 3e-3), betas=(0.9, 0.95),
+                                  eps=1e-6)
+    before = answer_loss(model, batch) / batch.num_answer_tokens
+    before.backward()
+    assert all(p.grad is not None for p in model.vision_backbone.adapter.parameters())
+    assert model.vision_backbone.image_vit.patch_embedding.weight.grad.abs().sum() > 0
+    optimizer.step()
+    with torch.no_grad():
+        after = answer_loss(model, batch) / batch.num_answer_tokens
+    assert float(after) < float(before.detach()) - 0.05
+
+
+def test_reproducible_and_exactly_resumable(tmp_path, tokenizer_dir):
+    full = Trainer(run_config(tmp_path / "full", tokenizer_dir))
+    losses_full = full.train(progress=False)
+    assert len(losses_full) == 4 and np.isfinite(losses_full).all()
+
+    first = Trainer(run_config(tmp_path / "split", tokenizer_dir))
+    assert first.train(steps=2, progress=False) == losses_full[:2]  # same seed, same losses
+    checkpoint = latest_checkpoint(tmp_path / "split")
+    assert checkpoint is not None and checkpoint.name == "step-000002"
+    assert (checkpoint / STATE_NAME).is_file() and (checkpoint / "config.json").is_file()
+    del first
+    resumed = Trainer(run_config(tmp_path / "split", tokenizer_dir), resume=True)
+    assert resumed.step == 2
+    assert resumed.train(progress=False) == losses_full[2:]  # bit-exact continuation
+    a = loading.read_tensors(str(tmp_path / "full"))
+    b = loading.read_tensors(str(tmp_path / "split"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    lines = (tmp_path / "split" / LOG_NAME).read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1, 2, 3, 4]
+
+
+def test_resume_refuses_a_different_recipe(tmp_path, tokenizer_dir):
+    Trainer(run_config(tmp_path, tokenizer_dir, steps=2)).train(progress=False)
+    with pytest.raises(ValueError, match="changed"):
+        Trainer(run_config(tmp_path, tokenizer_dir, steps=2, batch_frames=2), resume=True)
+
+
+def test_cli_smoke_run_gives_a_loadable_model(tmp_path, tokenizer_dir):
+    out = tmp_path / "run"
+    assert main(["--out", str(out), "--preset", "tiny", "--steps", "2", "--batch-frames", "1",
+                 "--grad-accum", "1", "--queries-per-frame", "2", "--tokenizer", tokenizer_dir,
+                 "--scene", json.dumps(TINY_SCENE), "--no-progress", "--save-every", "1"]) == 0
+    recipe = json.loads((out / "training.json").read_text())
+    assert recipe["step"] == 2 and recipe["config"]["preset"] == "tiny"
+    pointer = VideoMolmoPointer.from_pretrained(str(out), max_new_tokens=5)
+    assert pointer.model.vision_backbone.adapter is not None
+    assert pointer.model.config.temporal.history_frames == 4
+    from videomolmo_ros.data.synthetic import generate_scene
+
+    scene = generate_scene(3, **TINY_SCENE)
+    frame = scene.frame(5)
+    points = pointer.point(frame, pointer.encode(frame), [], ["the red circle"])
+    assert len(points) == 1 and len(pointer.last_texts) == 1
+
+
+def test_single_frame_ablation(tmp_path, tokenizer_dir):
+    trainer = Trainer(run_config(tmp_path, tokenizer_dir, steps=1, temporal=False))
+    assert trainer.model.vision_backbone.adapter is None
+    assert trainer.config.data.history_frames == 0
+    assert trainer.batches(0)[0].history.shape[1] == 0
+    trainer.train(progress=False)
+    model = loading.load_videomolmo(str(tmp_path))
+    assert model.vision_backbone.adapter is None
+
+
+def test_preset_overrides_merge_sections():
+    config = preset("small", crops={"max_crops": 6}, num_hidden_layers=2)
+    assert config.crops.max_crops == 6 and config.crops.overlap_margins == (2, 2)
+    assert config.num_hidden_layers == 2 and config.vision_backbone.image_emb_dim == 128
+    with pytest.raises(ValueError):
+        preset("small", not_a_field=1)
+
+
+def test_init_from_a_trained_model_and_connector_init(tmp_path, tokenizer_dir):
+    first = Trainer(run_config(tmp_path / "a", tokenizer_dir, steps=1))
+    first.train(progress=False)
+    second = Trainer(run_config(tmp_path / "b", tokenizer_dir, steps=1,
+                                init_from=str(tmp_path / "a"),
+                                data=tiny_data(kinds=("attribute",))))
+    assert second.step == 0
+    a, b = first.model.state_dict(), second.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="temporal"):
+        Trainer(run_config(tmp_path / "c", tokenizer_dir, init_from=str(tmp_path / "a"),
+                           temporal=False))
+    # the connector init makes image features reach the LLM at the scale of the embeddings
+    scaled = Trainer(run_config(tmp_path / "d", tokenizer_dir)).model
+    plain = Trainer(run_config(tmp_path / "e", tokenizer_dir, init_connector=False)).model
+    batch = Trainer(run_config(tmp_path / "f", tokenizer_dir)).batches(0)[0]
+    with torch.no_grad():
+        norms = [m.image_embeddings(m.encode_frame(batch.crops)).norm(dim=-1).mean()
+                 for m in (scaled, plain)]
+    assert norms[0] > 30 * norms[1]

@@ -1,0 +1,92 @@
+"""``python -m videomolmo_ros.train --out DIR``: train the small VideoMolmo on synthetic videos.
+
+Writes the final model (release layout + tokenizer + training.json) into DIR, resumable
+checkpoints into DIR/checkpoints, one JSON line per step into DIR/log.jsonl. ``--resume``
+continues from the newest checkpoint in DIR with the same recipe, bit-exactly.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+from videomolmo_ros.data.synthetic import KINDS
+from videomolmo_ros.train.dataset import DataConfig
+from videomolmo_ros.train.presets import PRESETS
+from videomolmo_ros.train.trainer import TrainConfig, Trainer
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, argparse.Namespace]:
+    d, t = DataConfig(), TrainConfig(output_dir="")
+    p = argparse.ArgumentParser(prog="python -m videomolmo_ros.train", description=__doc__)
+    p.add_argument("--out", required=True, help="output directory (model, checkpoints, log)")
+    p.add_argument("--preset", default=t.preset, choices=sorted(PRESETS))
+    p.add_argument("--model-overrides", default="{}",
+                   help="JSON object of VideoMolmoConfig fields replacing the preset's")
+    p.add_argument("--no-temporal", action="store_true",
+                   help="single-frame ablation: no temporal module and no history frames")
+    p.add_argument("--steps", type=int, default=t.steps, help="optimizer steps")
+    p.add_argument("--batch-frames", type=int, default=t.batch_frames,
+                   help="keyframes per micro-batch")
+    p.add_argument("--grad-accum", type=int, default=t.grad_accum,
+                   help="micro-batches per optimizer step")
+    p.add_argument("--lr-llm", type=float, default=t.lr_llm)
+    p.add_argument("--lr-vision", type=float, default=t.lr_vision,
+                   help="ViT, temporal module, pooling and projector")
+    p.add_argument("--weight-decay", type=float, default=t.weight_decay)
+    p.add_argument("--warmup-steps", type=int, default=t.warmup_steps)
+    p.add_argument("--min-lr-ratio", type=float, default=t.min_lr_ratio,
+                   help="the cosine ends at this fraction of the peak learning rate")
+    p.add_argument("--max-grad-norm", type=float, default=t.max_grad_norm)
+    p.add_argument("--seed", type=int, default=t.seed, help="initial weights")
+    p.add_argument("--data-seed", type=int, default=d.seed, help="scenes, keyframes, queries")
+    p.add_argument("--queries-per-frame", type=int, default=d.queries_per_frame)
+    p.add_argument("--frames-per-scene", type=int, default=d.frames_per_scene)
+    p.add_argument("--interleave", type=int, default=d.interleave)
+    p.add_argument("--pool-size", type=int, default=None,
+                   help="a fixed pool of scenes (default: new scenes, never repeated)")
+    p.add_argument("--history-frames", type=int, default=d.history_frames, help="l")
+    p.add_argument("--kinds", default=",".join(KINDS), help="expression kinds to train on")
+    p.add_argument("--scene", default="{}", help="JSON object of SceneConfig overrides")
+    p.add_argument("--save-every", type=int, default=t.save_every)
+    p.add_argument("--keep-checkpoints", type=int, default=t.keep_checkpoints)
+    p.add_argument("--tokenizer", default=None, help="a saved tokenizer (default: build one)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--no-init-connector", action="store_true",
+                   help="keep the std-0.02 init of pooling and projector (see init_connector)")
+    p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoints")
+    p.add_argument("--init-from", default=None,
+                   help="start from this trained model (fresh optimizer and schedule), e.g. the "
+                        "output of an earlier curriculum stage")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    a = p.parse_args(argv)
+    data = DataConfig(seed=a.data_seed, scene=json.loads(a.scene), pool_size=a.pool_size,
+                      frames_per_scene=a.frames_per_scene, interleave=a.interleave,
+                      queries_per_frame=a.queries_per_frame, history_frames=a.history_frames,
+                      kinds=tuple(k for k in a.kinds.split(",") if k))
+    config = TrainConfig(
+        output_dir=a.out, preset=a.preset, model_overrides=json.loads(a.model_overrides),
+        temporal=not a.no_temporal, data=data, steps=a.steps, batch_frames=a.batch_frames,
+        grad_accum=a.grad_accum, lr_llm=a.lr_llm, lr_vision=a.lr_vision,
+        weight_decay=a.weight_decay, warmup_steps=a.warmup_steps, min_lr_ratio=a.min_lr_ratio,
+        max_grad_norm=a.max_grad_norm, seed=a.seed, save_every=a.save_every,
+        keep_checkpoints=a.keep_checkpoints, tokenizer=a.tokenizer, threads=a.threads,
+        init_connector=not a.no_init_connector, init_from=a.init_from)
+    return config, a
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config, args = parse_args(argv)
+    trainer = Trainer(config, resume=args.resume)
+    if trainer.step:
+        print(f"resumed at step {trainer.step}", file=sys.stderr)
+    losses = trainer.train(progress=not args.no_progress)
+    if losses:
+        print(f"steps {trainer.step}: loss {losses[0]:.4f} -> {losses[-1]:.4f}; "
+              f"model in {config.output_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

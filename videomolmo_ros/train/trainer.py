@@ -1,0 +1,346 @@
+"""The training loop: the paper's recipe (Sec. 5, App. A) at the scale of a CPU.
+
+* Loss: cross-entropy on the answer tokens only (point text and its ``<eos>``; prompt and image
+  tokens masked), averaged over all answer tokens of an optimizer step, so gradient
+  accumulation gives the same update as one big batch.
+* Forward: the keyframe is encoded with gradients; its l history frames under ``no_grad`` (as
+  the release encodes them); temporal module, pooling, projector; all queries of a keyframe in
+  one packed sequence (``dataset``), so each query sees the image exactly as at inference.
+* AdamW (0.9, 0.95), eps 1e-6; two parameter groups: the LLM (decoder + LM head) and the vision
+  side (ViT, temporal module, pooling, projector). The paper's 1e-5 / 5e-6 fine-tune a
+  pretrained 7B model; the small model starts from scratch, so the defaults are 1e-3 / 5e-4
+  (the paper's 2:1 ratio), linear warmup then cosine down to ``min_lr_ratio``.
+* Gradient clipping at 1.0, fp32, gradient accumulation.
+* Initialisation from scratch: the model's own init, plus Xavier-normal pooling and projector
+  (``init_connector``: the std-0.02 default lets almost no image signal reach the LLM at step
+  0). ``init_from`` starts from a trained model instead (curriculum stages).
+* Seeded and reproducible: the initial weights follow ``seed``; samples are a pure function of
+  (data config, sample index), and the sample index of a step is ``step * frames_per_step``.
+  A checkpoint (release-layout model + tokenizer + ``trainer_state.pt`` with optimizer,
+  scheduler, step and torch RNG) resumes bit-exactly.
+* Output: ``output_dir`` holds the final model in the release layout (``config.json``,
+  safetensors + index), the tokenizer and ``training.json`` (the recipe), loadable with
+  ``VideoMolmoPointer.from_pretrained(output_dir)``; ``checkpoints/step-NNNNNN/`` the
+  resumable checkpoints; ``log.jsonl`` one line per step.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from videomolmo_ros.model import loading
+from videomolmo_ros.model.config import VideoMolmoConfig
+from videomolmo_ros.model.videomolmo import VideoMolmoModel
+from videomolmo_ros.train.dataset import (IGNORE_INDEX, Batch, DataConfig, PointingDataset,
+                                          collate)
+from videomolmo_ros.train.presets import preset
+from videomolmo_ros.train.tokenizer import build_tokenizer, check_layout
+
+STATE_NAME = "trainer_state.pt"
+RECIPE_NAME = "training.json"
+LOG_NAME = "log.jsonl"
+CHECKPOINTS = "checkpoints"
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on (saved as ``training.json`` and in every checkpoint)."""
+
+    output_dir: str
+    preset: str = "small"
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    temporal: bool = True  # False = the single-frame ablation (no module, no history)
+    data: DataConfig = field(default_factory=DataConfig)
+    steps: int = 1000
+    batch_frames: int = 2  # keyframes per micro-batch
+    grad_accum: int = 2  # micro-batches per optimizer step
+    lr_llm: float = 1e-3
+    lr_vision: float = 5e-4
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-6
+    weight_decay: float = 0.0
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    save_every: int = 100
+    keep_checkpoints: int = 2
+    tokenizer: str | None = None  # a saved tokenizer directory; None = build one
+    threads: int | None = None
+    init_connector: bool = True  # Xavier pooling + projector (see ``init_connector``)
+    # Start from this model (release layout + tokenizer; e.g. an earlier curriculum stage)
+    # with a fresh optimizer and schedule; its config.json replaces preset/model_overrides.
+    init_from: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.data, dict):
+            self.data = DataConfig(**{**self.data, "kinds": tuple(self.data.get(
+                "kinds", DataConfig().kinds))})
+        self.betas = tuple(float(b) for b in self.betas)
+        if not self.temporal and self.data.history_frames:
+            self.data = dataclasses.replace(self.data, history_frames=0)
+        for name in ("steps", "batch_frames", "grad_accum"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+
+    @property
+    def frames_per_step(self) -> int:
+        return self.batch_frames * self.grad_accum
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["data"]["kinds"] = list(self.data.kinds)
+        out["betas"] = list(self.betas)
+        return out
+
+    def model_config(self, base_vocab_size: int) -> VideoMolmoConfig:
+        config = preset(self.preset, base_vocab_size, **self.model_overrides)
+        config.temporal.enabled = self.temporal
+        config.temporal.history_frames = self.data.history_frames
+        config.validate()
+        return config
+
+
+# ------------------------------------------------------------------------------------- model
+def parameter_groups(model: VideoMolmoModel, lr_llm: float,
+                     lr_vision: float) -> list[dict[str, Any]]:
+    """Two AdamW groups: LLM (``llm.*``, ``lm_head``) and vision (``vision_backbone.*``: ViT,
+    temporal module, pooling, projector). Every parameter is in exactly one group."""
+    llm, vision = [], []
+    for name, param in model.named_parameters():
+        (vision if name.startswith("vision_backbone.") else llm).append(param)
+    return [{"params": llm, "lr": lr_llm, "name": "llm"},
+            {"params": vision, "lr": lr_vision, "name": "vision"}]
+
+
+def packed_hidden(model: VideoMolmoModel, batch: Batch) -> torch.Tensor:
+    """Final hidden states (B, L, d) of the packed sequences (apply ``model.lm_head`` for logits).
+
+    Keyframe features with gradients, history features without (the release's choice); the
+    packed queries use the batch's segment mask and per-query positions.
+    """
+    features = model.encode_frame(batch.crops)  # (B, T, P, C)
+    history = None
+    if model.vision_backbone.adapter is not None and batch.history.shape[1] > 0:
+        b, l = batch.history.shape[:2]
+        with torch.no_grad():
+            encoded = model.encode_frame(batch.history.flatten(0, 1))  # (B*l, T, P, C)
+        encoded = encoded.unflatten(0, (b, l))
+        history = [encoded[:, i] for i in range(l)]
+    image = model.image_embeddings(features, history)  # (B, T, K, d)
+    embeds = model.embed_inputs(batch.input_ids, image, batch.image_input_idx)
+    return model.llm(inputs_embeds=embeds, attention_mask=batch.attention_mask,
+                     position_ids=batch.position_ids).last_hidden_state
+
+
+def answer_loss(model: VideoMolmoModel, batch: Batch) -> torch.Tensor:
+    """Summed cross-entropy over the answer tokens of ``batch`` (divide by the token count);
+    the LM head runs only where a label follows."""
+    hidden = packed_hidden(model, batch)
+    targets = batch.labels[:, 1:]
+    keep = targets != IGNORE_INDEX
+    logits = model.lm_head(hidden[:, :-1][keep])  # (N, embedding_size)
+    return F.cross_entropy(logits.float(), targets[keep], reduction="sum")
+
+
+@torch.no_grad()
+def init_connector(model: VideoMolmoModel) -> None:
+    """Xavier-normal initialisation of the 2x2 attention pooling and the projector.
+
+    ``VideoMolmoModel.reset_parameters`` draws every Linear with std 0.02, a stand-in for
+    weights that are always loaded. Trained from scratch, that makes the image features reach
+    the LLM about 600 times weaker than the token embeddings they are added to (the pooling
+    and the SwiGLU projector multiply small numbers), so the LLM starts blind and grounding
+    starts late. Xavier normal (as the paper uses for the temporal module) brings them to the
+    order of the embeddings from step 0.
+    """
+    backbone = model.vision_backbone
+    for module in (backbone.image_pooling_2d, backbone.image_projector):
+        for linear in module.modules():
+            if isinstance(linear, torch.nn.Linear):
+                torch.nn.init.xavier_normal_(linear.weight)
+
+
+# ---------------------------------------------------------------------------------- trainer
+class Trainer:
+    """Builds (or resumes) a run and trains it; see the module docstring."""
+
+    def __init__(self, config: TrainConfig, resume: bool = False) -> None:
+        self.config = config
+        self.output = Path(config.output_dir)
+        self.output.mkdir(parents=True, exist_ok=True)
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        checkpoint = latest_checkpoint(self.output) if resume else None
+        if checkpoint is not None or config.init_from:
+            source = checkpoint if checkpoint is not None else config.init_from
+            self.tokenizer = loading.load_tokenizer(source)
+            self.model = loading.load_videomolmo(source).train()
+            if (self.model.vision_backbone.adapter is not None) != config.temporal:
+                raise ValueError(f"{source} has temporal={not config.temporal}, the run wants "
+                                 f"temporal={config.temporal}")
+        else:
+            self.tokenizer = (loading.load_tokenizer(config.tokenizer) if config.tokenizer
+                              else build_tokenizer())
+            model_config = config.model_config(_base_vocab(self.tokenizer))
+            torch.manual_seed(config.seed)
+            self.model = VideoMolmoModel(model_config).train()
+            if config.init_connector:
+                init_connector(self.model)
+        check_layout(self.tokenizer, self.model.config.embedding_size)
+        self.dataset = PointingDataset(config.data, self.model.config, self.tokenizer)
+        self.optimizer = torch.optim.AdamW(
+            parameter_groups(self.model, config.lr_llm, config.lr_vision), betas=config.betas,
+            eps=config.eps, weight_decay=config.weight_decay)
+        from transformers import get_cosine_with_min_lr_schedule_with_warmup
+
+        self.scheduler = get_cosine_with_min_lr_schedule_with_warmup(
+            self.optimizer, config.warmup_steps, config.steps, min_lr_rate=config.min_lr_ratio)
+        self.step = 0
+        self.losses: list[float] = []
+        if checkpoint is not None:
+            self._load_state(checkpoint)
+
+    # ---------------------------------------------------------------------------- one step
+    def batches(self, step: int) -> list[Batch]:
+        """The micro-batches of optimizer step ``step`` (a pure function of the step)."""
+        cfg = self.config
+        first = step * cfg.frames_per_step
+        pad = int(self.tokenizer.pad_token_id)
+        return [collate([self.dataset[first + m * cfg.batch_frames + i]
+                         for i in range(cfg.batch_frames)], pad)
+                for m in range(cfg.grad_accum)]
+
+    def train_step(self) -> dict[str, float]:
+        """One optimizer step; returns its loss (mean per answer token) and statistics."""
+        started = time.perf_counter()
+        batches = self.batches(self.step)
+        data_time = time.perf_counter() - started
+        tokens = sum(b.num_answer_tokens for b in batches)
+        self.optimizer.zero_grad(set_to_none=True)
+        total = 0.0
+        for batch in batches:
+            loss = answer_loss(self.model, batch)
+            (loss / tokens).backward()
+            total += float(loss.detach())
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(),
+                                                   self.config.max_grad_norm)
+        lrs = [group["lr"] for group in self.optimizer.param_groups]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        elapsed = time.perf_counter() - started
+        frames = self.config.frames_per_step
+        record = {"step": self.step, "loss": total / tokens, "grad_norm": float(grad_norm),
+                  "lr_llm": lrs[0], "lr_vision": lrs[1], "tokens": tokens,
+                  "queries": sum(b.num_queries for b in batches), "frames": frames,
+                  "seconds": elapsed, "data_seconds": data_time}
+        self.losses.append(record["loss"])
+        return record
+
+    def train(self, steps: int | None = None, progress: bool = True,
+              callback: Callable[[dict[str, float]], None] | None = None) -> list[float]:
+        """Train until ``steps`` (default: the configured total); checkpoint every
+        ``save_every`` steps and at the end; export the final model when the run is complete.
+        Returns the losses of the steps run by this call."""
+        from tqdm.auto import tqdm
+
+        end = min(self.config.steps, steps if steps is not None else self.config.steps)
+        start = self.step
+        log = open(self.output / LOG_NAME, "a", encoding="utf-8")
+        bar = tqdm(total=end, initial=start, disable=not progress, unit="step",
+                   dynamic_ncols=True)
+        try:
+            while self.step < end:
+                record = self.train_step()
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+                bar.update(1)
+                bar.set_postfix(loss=f"{record['loss']:.3f}",
+                                fr_s=f"{record['frames'] / record['seconds']:.2f}",
+                                q_s=f"{record['queries'] / record['seconds']:.1f}",
+                                lr=f"{record['lr_llm']:.1e}")
+                if callback is not None:
+                    callback(record)
+                if self.step % self.config.save_every == 0 or self.step == end:
+                    self.save_checkpoint()
+        finally:
+            bar.close()
+            log.close()
+        if self.step >= self.config.steps:
+            self.export(self.output)
+        return self.losses[-(self.step - start):] if self.step > start else []
+
+    # ------------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self) -> Path:
+        """``checkpoints/step-NNNNNN``: release-layout model, tokenizer, trainer state; written
+        to a temporary name and renamed, older ones pruned to ``keep_checkpoints``."""
+        root = self.output / CHECKPOINTS
+        final = root / f"step-{self.step:06d}"
+        partial = root / f".partial-{self.step:06d}"
+        shutil.rmtree(partial, ignore_errors=True)
+        self.export(partial)
+        torch.save({"step": self.step, "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(),
+                    "torch_rng": torch.get_rng_state(), "losses": list(self.losses),
+                    "config": self.config.to_dict()}, partial / STATE_NAME)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(partial, final)
+        kept = sorted(p for p in root.glob("step-*") if p.is_dir())
+        for old in kept[:-max(1, self.config.keep_checkpoints)]:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def _load_state(self, checkpoint: Path) -> None:
+        state = torch.load(checkpoint / STATE_NAME, map_location="cpu", weights_only=True)
+        saved = state["config"]
+        mine = self.config.to_dict()
+        changed = [k for k in ("data", "batch_frames", "grad_accum", "preset", "temporal",
+                               "model_overrides", "seed", "init_from")
+                   if saved.get(k) != mine.get(k)]
+        if changed:
+            raise ValueError(f"cannot resume {checkpoint}: the run changed {changed}")
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        self.step = int(state["step"])
+        self.losses = [float(v) for v in state["losses"]]
+        log = self.output / LOG_NAME
+        if log.is_file():  # drop the lines of steps after the checkpoint (an interrupted run)
+            lines = [line for line in log.read_text().splitlines()
+                     if line.strip() and json.loads(line)["step"] <= self.step]
+            log.write_text("".join(line + "\n" for line in lines))
+
+    def export(self, directory: Path) -> Path:
+        """The model in the release layout + tokenizer + ``training.json``: what
+        ``VideoMolmoPointer.from_pretrained`` loads."""
+        directory = Path(directory)
+        loading.save_release_layout(self.model, directory)
+        self.tokenizer.save_pretrained(str(directory))
+        (directory / RECIPE_NAME).write_text(json.dumps(
+            {"config": self.config.to_dict(), "step": self.step,
+             "final_loss": self.losses[-1] if self.losses else None}, indent=2) + "\n")
+        return directory
+
+
+def _base_vocab(tokenizer: Any) -> int:
+    """The base vocabulary of a tokenizer laid out like Molmo's: the id of ``<im_start>``."""
+    from videomolmo_ros.model.preprocessing import IM_START_TOKEN
+
+    return int(tokenizer.convert_tokens_to_ids(IM_START_TOKEN))
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    """The newest complete checkpoint under ``output_dir/checkpoints``, if any."""
+    root = Path(output_dir) / CHECKPOINTS
+    found = sorted(p for p in root.glob("step-*") if (p / STATE_NAME).is_file())
+    return found[-1] if found else None
