@@ -1,0 +1,46 @@
+"""Held-out scoring: perfect answers score 1, empty answers score only the zero-count queries."""
+from __future__ import annotations
+
+import pytest
+
+from videomolmo_ros.data.synthetic import SceneConfig, make_scene
+from videomolmo_ros.pointers.oracle import OraclePointer
+from videomolmo_ros.train.evaluate import evaluate_pointer, format_table, keyframes
+
+SCENE = {"width": 128, "height": 96, "num_frames": 10}
+
+
+class Silent:
+    """Never points."""
+
+    history_frames = 4
+
+    def encode(self, frame):
+        return None
+
+    def point(self, frame, features, history, queries):
+        return [[] for _ in queries]
+
+
+def test_keyframes_spread_over_the_clip():
+    assert keyframes(48, 3, 4) == [4, 26, 47]
+    assert keyframes(5, 3, 10) == [4]
+
+
+def test_oracle_scores_one():
+    scene = make_scene(SceneConfig(seed=11, **SCENE))
+    result = evaluate_pointer(OraclePointer(scene, min_visible_pixels=1), [11], 2, scene=SCENE)
+    for kind in ("attribute", "counting", "all"):
+        assert result[kind]["f1"] == pytest.approx(1.0)
+    assert result["counting"]["ema"] == 1.0 and result["counting"]["mae"] == 0.0
+    assert "counting" in format_table(result)
+
+
+def test_silence_scores_only_zero_counts():
+    result = evaluate_pointer(Silent(), [11], 2, scene=SCENE)
+    scene = make_scene(SceneConfig(seed=11, **SCENE))
+    ts = keyframes(scene.num_frames, 2, 4)
+    zero = [not scene.masks[t, list(e.object_ids)].any() if e.object_ids else True
+            for t in ts for e in scene.expressions if e.kind == "counting"]
+    assert result["counting"]["ema"] == pytest.approx(sum(zero) / len(zero))
+    assert result["counting"]["f1"] == pytest.approx(sum(zero) / len(zero))
