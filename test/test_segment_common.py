@@ -40,3 +40,11 @@ def test_checks():
     np.testing.assert_array_equal(as_points([[1, 2], [np.nan, 3]]), [[1.0, 2.0]])
     with pytest.raises(ValueError, match="N x 2"):
         as_points([1, 2, 3])
+
+
+def test_backward_frames_must_precede_the_keyframe_in_order():
+    from videomolmo_ros.segment.common import check_backward_frames
+    check_backward_frames(frame(5), [frame(2), frame(3), frame(4)])
+    for frames in ([frame(3), frame(2)], [frame(2), frame(5)], [frame(6)]):
+        with pytest.raises(ValueError, match="strictly increasing"):
+            check_backward_frames(frame(5), frames)

@@ -37,7 +37,8 @@ import numpy as np
 
 from videomolmo_ros.core.frame import Frame
 from videomolmo_ros.segment.base import Masks, MaskTracker, Segmenter
-from videomolmo_ros.segment.common import FrameCache, as_points, check_image
+from videomolmo_ros.segment.common import (FrameCache, as_points, check_backward_frames,
+                                           check_image)
 
 _DIS_PRESETS = {
     "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
@@ -210,14 +211,7 @@ class ClassicalTracker(MaskTracker):
     def backward(self, keyframe: Frame, key_masks: Mapping[int, np.ndarray],
                  frames: Sequence[Frame]) -> list[Masks]:
         """Propagate ``key_masks`` newest-first over ``frames``; forward state is untouched."""
-        check_image(keyframe)
-        last = keyframe.index
-        for f in reversed(frames):
-            check_image(f)
-            if f.index >= last:
-                raise ValueError("backward frames must be strictly increasing in index and "
-                                 f"precede the keyframe ({f.index} >= {last})")
-            last = f.index
+        check_backward_frames(keyframe, frames)
         key_bins = self._bins(keyframe) if self.config.refine else None
         tracks: dict[int, _Track] = {}
         for qid, m in key_masks.items():

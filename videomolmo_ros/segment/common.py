@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable, Generic, TypeVar
+from typing import Callable, Generic, Sequence, TypeVar
 
 import numpy as np
 
@@ -19,6 +19,19 @@ def check_image(frame: Frame) -> None:
         shape = getattr(img, "shape", None)
         raise ValueError(f"frame {frame.index}: image must be H x W x 3 uint8 RGB, got "
                          f"{shape} {getattr(img, 'dtype', type(img).__name__)}")
+
+
+def check_backward_frames(keyframe: Frame, frames: Sequence[Frame]) -> None:
+    """ValueError unless every image is valid and ``frames`` are in increasing index order,
+    all before ``keyframe`` (what ``MaskTracker.backward`` is given)."""
+    check_image(keyframe)
+    last = keyframe.index
+    for frame in reversed(frames):
+        check_image(frame)
+        if frame.index >= last:
+            raise ValueError("backward frames must be strictly increasing in index and "
+                             f"precede the keyframe ({frame.index} >= {last})")
+        last = frame.index
 
 
 def as_points(pts: np.ndarray) -> np.ndarray:

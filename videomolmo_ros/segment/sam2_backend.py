@@ -57,7 +57,8 @@ from PIL import Image
 
 from videomolmo_ros.core.frame import Frame
 from videomolmo_ros.segment.base import Masks, MaskTracker, Segmenter
-from videomolmo_ros.segment.common import FrameCache, as_points, check_image
+from videomolmo_ros.segment.common import (FrameCache, as_points, check_backward_frames,
+                                           check_image)
 from videomolmo_ros.segment.sam2_build import build_model
 
 log = logging.getLogger(__name__)
@@ -224,14 +225,7 @@ class Sam2Tracker(MaskTracker):
     def backward(self, keyframe: Frame, key_masks: Mapping[int, np.ndarray],
                  frames: Sequence[Frame]) -> list[Masks]:
         """Propagate from ``keyframe`` over ``frames`` newest first (stock ``reverse=True``)."""
-        check_image(keyframe)
-        last = keyframe.index
-        for f in reversed(frames):
-            check_image(f)
-            if f.index >= last:
-                raise ValueError("backward frames must be strictly increasing in index and "
-                                 f"precede the keyframe ({f.index} >= {last})")
-            last = f.index
+        check_backward_frames(keyframe, frames)
         seeds = {qid: np.asarray(m, dtype=bool) for qid, m in key_masks.items()}
         for qid, m in seeds.items():
             if m.shape != (keyframe.height, keyframe.width):
