@@ -192,12 +192,28 @@ class PointingClient:
     # ---------------------------------------------------------------- sending
     def wait_for_node(self, timeout: float = 30.0,
                       alive: Callable[[], bool] = lambda: True) -> bool:
-        """Wait for the node's services; give up early once ``alive()`` says it died."""
+        """Wait until both services answer a round trip; give up early once ``alive()`` says
+        the node died.
+
+        ``wait_for_service`` only says the server is there: the server may not yet have
+        matched this client's response reader, and then its first answer is lost (seen once
+        in CI: the first call timed out). So probe each service with a request that changes
+        nothing (an empty query, an unknown query id) until an answer comes back.
+        """
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and alive():
-            if self._point.wait_for_service(timeout_sec=0.5):
-                return True
-        return False
+        probes = ((self._point, lambda: PointQuery.Request(query="")),
+                  (self._cancel, lambda: CancelQuery.Request(query_id=2**32 - 1)))
+        for client, request in probes:
+            while True:
+                if time.monotonic() >= deadline or not alive():
+                    return False
+                if not client.wait_for_service(timeout_sec=0.5):
+                    continue
+                future = client.call_async(request())
+                if wait_for(future.done, min(2.0, max(0.1, deadline - time.monotonic()))):
+                    break
+                future.cancel()  # lost: the server had not matched us yet; ask again
+        return True
 
     def publish(self, image: np.ndarray, stamp_ns: int, frame_id: str = "camera") -> None:
         self.published_at[stamp_ns] = time.monotonic()
