@@ -5,7 +5,6 @@ import json
 import os
 import tempfile
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -17,7 +16,7 @@ from videomolmo_ros.model.config import VideoMolmoConfig  # noqa: E402
 from videomolmo_ros.model.loading import (CheckpointMismatchError,  # noqa: E402
                                           expected_release_shapes, load_videomolmo,
                                           save_release_layout, to_release_state_dict)
-from videomolmo_ros.model.preprocessing import ImageTokenIds, MultiCropPreprocessor  # noqa: E402
+from videomolmo_ros.model.testing import fixed_input_logits as logits  # noqa: E402
 from videomolmo_ros.model.testing import tiny_tokenizer  # noqa: E402
 from videomolmo_ros.model.videomolmo import VideoMolmoModel  # noqa: E402
 
@@ -35,20 +34,6 @@ def checkpoint(model: VideoMolmoModel):
     with tempfile.TemporaryDirectory() as directory:
         save_release_layout(model, directory, max_shard_bytes=200_000)
         yield directory
-
-
-def logits(model: VideoMolmoModel) -> torch.Tensor:
-    """Logits for a fixed frame, history and prompt."""
-    rng = np.random.default_rng(0)
-    pre = MultiCropPreprocessor(model.config, ImageTokenIds.from_tokenizer(tiny_tokenizer()))
-    frame = pre.frame(rng.integers(0, 256, (90, 120, 3), dtype=np.uint8))
-    history = [pre.frame(rng.integers(0, 256, (90, 120, 3), dtype=np.uint8), frame.layout)
-               for _ in range(2)]
-    input_ids, index = pre.prompt(frame.layout, [70, 71, 72], 256)
-    with torch.no_grad():
-        crops = frame.crops.to(model.dtype)
-        return model(input_ids[None], model.encode_frame(crops), index,
-                     [model.encode_frame(h.crops.to(model.dtype)) for h in history]).logits.float()
 
 
 def rewrite(directory: str, edit) -> None:

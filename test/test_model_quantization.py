@@ -25,7 +25,7 @@ from videomolmo_ros.model import quantization as quant  # noqa: E402
 from videomolmo_ros.model.config import VideoMolmoConfig  # noqa: E402
 from videomolmo_ros.model.loading import (check_quantization_available,  # noqa: E402
                                           load_videomolmo, save_release_layout)
-from videomolmo_ros.model.preprocessing import ImageTokenIds, MultiCropPreprocessor  # noqa: E402
+from videomolmo_ros.model.testing import fixed_input_logits as logits  # noqa: E402
 from videomolmo_ros.model.testing import tiny_tokenizer  # noqa: E402
 from videomolmo_ros.model.videomolmo import VideoMolmoModel  # noqa: E402
 
@@ -60,20 +60,6 @@ def checkpoint(model: VideoMolmoModel):
         save_release_layout(model, directory)
         tiny_tokenizer().save_pretrained(directory)
         yield directory
-
-
-def logits(model: VideoMolmoModel) -> torch.Tensor:
-    """Logits for a fixed frame, two history frames (temporal module on) and a prompt."""
-    rng = np.random.default_rng(0)
-    pre = MultiCropPreprocessor(model.config, ImageTokenIds.from_tokenizer(tiny_tokenizer()))
-    frame = pre.frame(rng.integers(0, 256, (90, 120, 3), dtype=np.uint8))
-    history = [pre.frame(rng.integers(0, 256, (90, 120, 3), dtype=np.uint8), frame.layout)
-               for _ in range(2)]
-    input_ids, index = pre.prompt(frame.layout, [70, 71, 72], 256)
-    with torch.no_grad():
-        crops = frame.crops.to(model.dtype)
-        return model(input_ids[None], model.encode_frame(crops), index,
-                     [model.encode_frame(h.crops.to(model.dtype)) for h in history]).logits.float()
 
 
 class ScriptedBonus(torch.nn.Module):

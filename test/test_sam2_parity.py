@@ -23,7 +23,8 @@ pytest.importorskip("sam2", reason="sam2 is not installed (pip install --no-deps
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from videomolmo_ros.core.frame import Frame  # noqa: E402
+from videomolmo_ros.core.frame import Frame
+from videomolmo_ros.core.masks import mask_iou  # noqa: E402
 from videomolmo_ros.segment.sam2_backend import Sam2Segmenter, Sam2Tracker  # noqa: E402
 
 # The stock predictor warns once that sam2's optional C extension (hole filling) is not built.
@@ -47,13 +48,7 @@ def _image(t: int) -> np.ndarray:
     return img
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """One torch thread: the CI cores are shared, and oversubscribed threads spin."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -110,16 +105,11 @@ def _record_logits(tracker: Sam2Tracker) -> list[torch.Tensor]:
     return seen
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.count_nonzero(a | b)
-    return 1.0 if union == 0 else np.count_nonzero(a & b) / union
-
-
 def _assert_same(ours: dict[int, np.ndarray], stock: dict[int, np.ndarray], where: str) -> None:
     assert set(ours) == set(stock), where
     for qid in stock:
         assert ours[qid].shape == (H, W) and ours[qid].dtype == bool
-        assert _iou(ours[qid], stock[qid]) == 1.0, (where, qid)
+        assert mask_iou(ours[qid], stock[qid]) == 1.0, (where, qid)
         assert np.array_equal(ours[qid], stock[qid]), (where, qid)
 
 

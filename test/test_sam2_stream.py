@@ -6,7 +6,6 @@ long runs stay cheap; the masks' quality is not the point (see test_sam2_parity.
 from __future__ import annotations
 
 import logging
-from typing import Iterator
 
 import numpy as np
 import pytest
@@ -32,13 +31,7 @@ def _frame(t: int, camera: str = "cam") -> Frame:
     return Frame(camera, t, 10_000 + 1000 * t, img)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """One torch thread: the CI cores are shared, and oversubscribed threads spin."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")

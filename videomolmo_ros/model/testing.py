@@ -45,3 +45,24 @@ def tiny_tokenizer() -> Any:
     backend.add_special_tokens([END_OF_TEXT] + spares + list(IMAGE_SPECIAL_TOKENS))
     return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=END_OF_TEXT,
                                    pad_token=END_OF_TEXT)
+
+
+def fixed_input_logits(model: Any) -> Any:
+    """Logits of ``model`` for a fixed random frame, two history frames (temporal module on)
+    and a short prompt: one reference output for comparing a model with its reloaded,
+    converted or quantised copy."""
+    import numpy as np
+    import torch
+
+    from videomolmo_ros.model.preprocessing import ImageTokenIds, MultiCropPreprocessor
+
+    rng = np.random.default_rng(0)
+    pre = MultiCropPreprocessor(model.config, ImageTokenIds.from_tokenizer(tiny_tokenizer()))
+    frame = pre.frame(rng.integers(0, 256, (90, 120, 3), dtype=np.uint8))
+    history = [pre.frame(rng.integers(0, 256, (90, 120, 3), dtype=np.uint8), frame.layout)
+               for _ in range(2)]
+    input_ids, index = pre.prompt(frame.layout, [70, 71, 72], 256)
+    with torch.no_grad():
+        crops = frame.crops.to(model.dtype)
+        return model(input_ids[None], model.encode_frame(crops), index,
+                     [model.encode_frame(h.crops.to(model.dtype)) for h in history]).logits.float()
