@@ -143,9 +143,15 @@ def test_init_from_a_trained_model_and_connector_init(tmp_path, tokenizer_dir):
     assert second.step == 0
     a, b = first.model.state_dict(), second.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    with pytest.raises(ValueError, match="temporal"):
-        Trainer(run_config(tmp_path / "c", tokenizer_dir, init_from=str(tmp_path / "a"),
-                           temporal=False))
+    assert second.model.config.temporal.history_frames == second.config.data.history_frames
+    # the single-frame ablation may share an earlier stage: the temporal module is dropped
+    single = Trainer(run_config(tmp_path / "c", tokenizer_dir, init_from=str(tmp_path / "a"),
+                                temporal=False))
+    assert single.model.vision_backbone.adapter is None
+    assert not single.model.config.temporal.enabled
+    single.train(progress=False)
+    with pytest.raises(ValueError, match="temporal"):  # a module cannot be made up
+        Trainer(run_config(tmp_path / "g", tokenizer_dir, init_from=str(tmp_path / "c")))
     # the connector init makes image features reach the LLM at the scale of the embeddings
     scaled = Trainer(run_config(tmp_path / "d", tokenizer_dir)).model
     plain = Trainer(run_config(tmp_path / "e", tokenizer_dir, init_connector=False)).model
@@ -154,3 +160,15 @@ def test_init_from_a_trained_model_and_connector_init(tmp_path, tokenizer_dir):
         norms = [m.image_embeddings(m.encode_frame(batch.crops)).norm(dim=-1).mean()
                  for m in (scaled, plain)]
     assert norms[0] > 30 * norms[1]
+
+
+def test_vit_positions_start_as_a_two_dimensional_sin_cos_code(tmp_path, tokenizer_dir):
+    table = Trainer(run_config(tmp_path, tokenizer_dir)).model.vision_backbone.image_vit \
+        .positional_embedding.detach()
+    side, quarter = int((table.shape[0] - 1) ** 0.5), table.shape[1] // 4
+    patches = table[1:].reshape(side, side, -1)
+    column_code, row_code = patches[..., : 2 * quarter], patches[..., 2 * quarter:]
+    assert torch.equal(column_code[0], column_code[side - 1])  # the column code ignores the row
+    assert torch.equal(row_code[:, 0], row_code[:, side - 1])  # and the row code the column
+    assert torch.allclose(patches[0, 0, quarter: 2 * quarter], torch.ones(quarter))  # cos 0
+    assert not torch.allclose(column_code[0, 0], column_code[0, 1])

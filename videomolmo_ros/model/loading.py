@@ -334,9 +334,11 @@ def _materialize_buffers(model: VideoMolmoModel) -> None:
 
 
 def save_release_layout(model: VideoMolmoModel, directory: str | os.PathLike,
-                        max_shard_bytes: int | None = None) -> str:
+                        max_shard_bytes: int | None = None,
+                        dtype: torch.dtype | None = None) -> str:
     """Write ``config.json``, safetensors shards and ``model.safetensors.index.json`` the way
-    the release is stored (for tests and for checkpoints trained here). Returns the directory."""
+    the release is stored (for tests and for checkpoints trained here), the tensors in
+    ``dtype`` when given (the loader casts them back). Returns the directory."""
     from safetensors.torch import save_file
 
     if quant.is_quantized(model):
@@ -346,7 +348,7 @@ def save_release_layout(model: VideoMolmoModel, directory: str | os.PathLike,
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
     model.config.save(directory)
-    tensors = {name: t.detach().to("cpu").contiguous().clone()
+    tensors = {name: t.detach().to("cpu", dtype=dtype or t.dtype).contiguous().clone()
                for name, t in to_release_state_dict(model).items()}
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0

@@ -55,6 +55,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, argparse
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-init-connector", action="store_true",
                    help="keep the std-0.02 init of pooling and projector (see init_connector)")
+    p.add_argument("--no-init-positions", action="store_true",
+                   help="keep the random ViT positional table (see init_positions)")
     p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoints")
     p.add_argument("--init-from", default=None,
                    help="start from this trained model (fresh optimizer and schedule), e.g. the "
@@ -72,7 +74,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, argparse
         weight_decay=a.weight_decay, warmup_steps=a.warmup_steps, min_lr_ratio=a.min_lr_ratio,
         max_grad_norm=a.max_grad_norm, seed=a.seed, save_every=a.save_every,
         keep_checkpoints=a.keep_checkpoints, tokenizer=a.tokenizer, threads=a.threads,
-        init_connector=not a.no_init_connector, init_from=a.init_from)
+        init_connector=not a.no_init_connector, init_positions=not a.no_init_positions,
+        init_from=a.init_from)
     return config, a
 
 

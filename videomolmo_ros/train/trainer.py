@@ -79,6 +79,7 @@ class TrainConfig:
     tokenizer: str | None = None  # a saved tokenizer directory; None = build one
     threads: int | None = None
     init_connector: bool = True  # Xavier pooling + projector (see ``init_connector``)
+    init_positions: bool = True  # sin-cos ViT positions (see ``init_positions``)
     # Start from this model (release layout + tokenizer; e.g. an earlier curriculum stage)
     # with a fresh optimizer and schedule; its config.json replaces preset/model_overrides.
     init_from: str | None = None
@@ -172,6 +173,35 @@ def init_connector(model: VideoMolmoModel) -> None:
                 torch.nn.init.xavier_normal_(linear.weight)
 
 
+@torch.no_grad()
+def init_positions(model: VideoMolmoModel) -> None:
+    """The ViT's positional table (patch rows; the CLS row is kept) set to a 2D sin-cos code:
+    half of the channels encode the column, half the row, each as sines and cosines of
+    geometrically spaced frequencies (MAE's fixed embedding, used here only as a start; the
+    table stays trainable). Written by hand: transformers has no 2D variant to import.
+
+    From scratch, the patch position is the only place the image's coordinates enter the
+    model (the LLM's RoPE positions never reach an attention value), so a smooth code from step
+    0 lets pointing start early instead of waiting for a random table to organise itself.
+    """
+    table = model.vision_backbone.image_vit.positional_embedding
+    side = int(round((table.shape[0] - 1) ** 0.5))
+    dim = table.shape[1]
+    if side * side != table.shape[0] - 1 or dim % 4:
+        raise ValueError(f"positional table {tuple(table.shape)} is not 1 + side^2 rows with a "
+                         f"width divisible by 4")
+    quarter = dim // 4
+    omega = 1.0 / 10_000.0 ** (torch.arange(quarter, dtype=torch.float32) / quarter)
+    rows, cols = torch.meshgrid(torch.arange(side, dtype=torch.float32),
+                                torch.arange(side, dtype=torch.float32), indexing="ij")
+
+    def code(coordinate: torch.Tensor) -> torch.Tensor:  # (side*side,) -> (side*side, dim/2)
+        angles = coordinate.reshape(-1, 1) * omega[None]
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    table[1:] = torch.cat([code(cols), code(rows)], dim=1).to(table.dtype)
+
+
 # ---------------------------------------------------------------------------------- trainer
 class Trainer:
     """Builds (or resumes) a run and trains it; see the module docstring."""
@@ -187,9 +217,17 @@ class Trainer:
             source = checkpoint if checkpoint is not None else config.init_from
             self.tokenizer = loading.load_tokenizer(source)
             self.model = loading.load_videomolmo(source).train()
-            if (self.model.vision_backbone.adapter is not None) != config.temporal:
+            has_temporal = self.model.vision_backbone.adapter is not None
+            if checkpoint is None and has_temporal and not config.temporal:
+                # A single-frame run started from a stage with a temporal module (the ablation
+                # sharing an earlier stage): the module goes, the rest is kept.
+                self.model.vision_backbone.adapter = None
+                self.model.config.temporal.enabled = has_temporal = False
+            if has_temporal != config.temporal:
                 raise ValueError(f"{source} has temporal={not config.temporal}, the run wants "
                                  f"temporal={config.temporal}")
+            # The history length is the run's (an earlier stage may have trained without).
+            self.model.config.temporal.history_frames = config.data.history_frames
         else:
             self.tokenizer = (loading.load_tokenizer(config.tokenizer) if config.tokenizer
                               else build_tokenizer())
@@ -198,6 +236,8 @@ class Trainer:
             self.model = VideoMolmoModel(model_config).train()
             if config.init_connector:
                 init_connector(self.model)
+            if config.init_positions:
+                init_positions(self.model)
         check_layout(self.tokenizer, self.model.config.embedding_size)
         self.dataset = PointingDataset(config.data, self.model.config, self.tokenizer)
         self.optimizer = torch.optim.AdamW(
