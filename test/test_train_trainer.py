@@ -41,12 +41,15 @@ def run_config(out, tokenizer_dir, **overrides) -> TrainConfig:
 
 def test_parameter_groups_split_llm_and_vision():
     model = VideoMolmoModel(tiny())
-    groups = parameter_groups(model, 1e-3, 5e-4)
-    assert [g["name"] for g in groups] == ["llm", "vision"]
-    assert [g["lr"] for g in groups] == [1e-3, 5e-4]
+    groups = parameter_groups(model, 1e-3, 5e-4, weight_decay=0.1)
+    assert [g["name"] for g in groups] == ["llm", "vision", "llm_nodecay", "vision_nodecay"]
+    assert [g["lr"] for g in groups] == [1e-3, 5e-4, 1e-3, 5e-4]
+    assert [g["weight_decay"] for g in groups] == [0.1, 0.1, 0.0, 0.0]
     ids = [id(p) for g in groups for p in g["params"]]
     assert sorted(ids) == sorted(id(p) for p in model.parameters())  # each exactly once
-    vision = {id(p) for p in groups[1]["params"]}
+    assert all(p.dim() == 1 or p is model.vision_backbone.image_vit.positional_embedding
+               for g in groups[2:] for p in g["params"])
+    vision = {id(p) for g in groups[1::2] for p in g["params"]}
     for module in ("image_vit", "adapter", "image_pooling_2d", "image_projector"):
         sub = getattr(model.vision_backbone, module)
         assert all(id(p) in vision for p in sub.parameters())

@@ -126,10 +126,11 @@ class VideoMolmoConfig:
     image_pooling_w: int = 2
     # None in VideoMolmo; Molmo-7B-D-0924 uses "pad_and_partial_pad" (learned padding embeddings).
     image_padding_embed: str | None = None
-    # Not in the release (False there): a LayerNorm on the pooled features before the projector,
-    # as Qwen2-VL's patch merger has. Models trained here from scratch need it: without the scale
-    # a pretrained CLIP brings, the quadratic SwiGLU projector lets the image embeddings grow
-    # to ~1e8 within a few hundred steps, after which the LLM cannot tell image tokens apart.
+    # Not in the release (False there): parameter-free normalisation into (LayerNorm) and out
+    # of (RMSNorm, unit scale) the projector. Models trained here from scratch need it: without
+    # the scale a pretrained CLIP brings, the image embeddings grew to RMS ~100 (vs ~0.03 for
+    # text) within a few thousand steps, so the LLM's layers could no longer change the image
+    # tokens and the gradient reaching the vision side fell 3,000-fold below the text's.
     image_projector_norm: bool = False
     crops: CropConfig = field(default_factory=CropConfig)
     temporal: TemporalConfig = field(default_factory=TemporalConfig)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import Qwen2Config
 from transformers.models.qwen2.modeling_qwen2 import Qwen2Model
@@ -69,10 +70,6 @@ class VideoMolmoVisionBackbone(nn.Module):
         self.image_pooling_2d = AttentionPool2d(config)
         self.adapter = TemporalModule(config) if config.temporal.enabled else None
         self.image_projector = ImageProjector(config)
-        # Our addition for from-scratch training (config.image_projector_norm; None = release).
-        self.image_projector_norm = (nn.LayerNorm(config.vision_backbone.image_emb_dim,
-                                                  eps=config.vision_backbone.image_norm_eps)
-                                     if config.image_projector_norm else None)
         if config.image_padding_embed == "pad_and_partial_pad":
             self.pad_embed = nn.Parameter(torch.zeros(2, config.image_feature_dim))
         else:
@@ -116,9 +113,12 @@ class VideoMolmoVisionBackbone(nn.Module):
             windows = self.adapter.fuse(windows, to_windows(context, grid, pool))
         pooled = self.image_pooling_2d(windows)  # (B*T*K, 1, image_emb_dim)
         pooled = pooled.reshape(b, t, -1, pooled.shape[-1])  # (B, T, K, image_emb_dim)
-        if self.image_projector_norm is not None:
-            pooled = self.image_projector_norm(pooled)
-        return self.image_projector(pooled)  # (B, T, K, d)
+        if not self.config.image_projector_norm:  # the release
+            return self.image_projector(pooled)  # (B, T, K, d)
+        # Our addition for models trained from scratch (see VideoMolmoConfig): unit scale into
+        # and out of the projector, no parameters.
+        pooled = F.layer_norm(pooled, pooled.shape[-1:])
+        return F.rms_norm(self.image_projector(pooled), (self.config.hidden_size,))
 
 
 class VideoMolmoModel(nn.Module):

@@ -114,15 +114,22 @@ class TrainConfig:
 
 
 # ------------------------------------------------------------------------------------- model
-def parameter_groups(model: VideoMolmoModel, lr_llm: float,
-                     lr_vision: float) -> list[dict[str, Any]]:
-    """Two AdamW groups: LLM (``llm.*``, ``lm_head``) and vision (``vision_backbone.*``: ViT,
-    temporal module, pooling, projector). Every parameter is in exactly one group."""
-    llm, vision = [], []
+def parameter_groups(model: VideoMolmoModel, lr_llm: float, lr_vision: float,
+                     weight_decay: float = 0.0) -> list[dict[str, Any]]:
+    """AdamW groups: LLM (``llm.*``, ``lm_head``) and vision (``vision_backbone.*``: ViT,
+    temporal module, pooling, projector), each split into matrices (decayed) and the 1-D
+    norm gains, biases and embedding-like tables kept from decay (``*_nodecay``, the usual
+    GPT practice). Every parameter is in exactly one group; empty groups are left out."""
+    groups: dict[str, list[torch.nn.Parameter]] = {
+        "llm": [], "vision": [], "llm_nodecay": [], "vision_nodecay": []}
     for name, param in model.named_parameters():
-        (vision if name.startswith("vision_backbone.") else llm).append(param)
-    return [{"params": llm, "lr": lr_llm, "name": "llm"},
-            {"params": vision, "lr": lr_vision, "name": "vision"}]
+        side = "vision" if name.startswith("vision_backbone.") else "llm"
+        decayed = param.dim() >= 2 and "embedding" not in name.rsplit(".", 1)[-1]
+        groups[side if decayed else side + "_nodecay"].append(param)
+    lrs = {"llm": lr_llm, "vision": lr_vision}
+    return [{"params": params, "lr": lrs[name.split("_")[0]], "name": name,
+             "weight_decay": 0.0 if name.endswith("_nodecay") else weight_decay}
+            for name, params in groups.items() if params]
 
 
 def packed_hidden(model: VideoMolmoModel, batch: Batch) -> torch.Tensor:
@@ -241,7 +248,8 @@ class Trainer:
         check_layout(self.tokenizer, self.model.config.embedding_size)
         self.dataset = PointingDataset(config.data, self.model.config, self.tokenizer)
         self.optimizer = torch.optim.AdamW(
-            parameter_groups(self.model, config.lr_llm, config.lr_vision), betas=config.betas,
+            parameter_groups(self.model, config.lr_llm, config.lr_vision,
+                             config.weight_decay), betas=config.betas,
             eps=config.eps, weight_decay=config.weight_decay)
         from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
