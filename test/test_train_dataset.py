@@ -155,3 +155,21 @@ def test_packed_sequence_equals_the_pointer_at_inference(dataset, tokenizer):
         with torch.no_grad():
             packed = model.lm_head(hidden[last_prompt])
         np.testing.assert_allclose(packed.numpy(), logits.numpy(), atol=2e-4, rtol=1e-4)
+
+
+def test_caption_describes_the_visible_objects_left_to_right(tokenizer):
+    from videomolmo_ros.data.synthetic import ObjectSpec, SceneConfig, make_scene
+    from videomolmo_ros.train.dataset import CAPTION_PROMPT, caption_text
+
+    specs = [ObjectSpec("red", "circle", "small", "plain", "right", (200.0, 60.0), speed=2.0),
+             ObjectSpec("blue", "star", "large", "striped", "static", (80.0, 150.0)),
+             ObjectSpec("green", "square", "small", "dotted", "static", (-200.0, 100.0))]
+    scene = make_scene(SceneConfig(seed=4, num_frames=3), objects=specs)
+    assert caption_text(scene, 0) == (" A large striped blue star and a small plain red circle "
+                                      "moving right.")  # the green square is off the image
+    data = tiny_data(captions=1, queries_per_frame=1)
+    sample = PointingDataset(data, tiny(), tokenizer)[0]
+    assert sample.queries[-1] == CAPTION_PROMPT and len(sample.queries) == 2
+    caption = tokenizer.decode(sample.labels[sample.labels != IGNORE_INDEX].tolist())
+    assert caption.endswith(sample.answers[-1] + tokenizer.eos_token)
+    assert sample.answers[-1].startswith(" A ") or sample.answers[-1] == " Nothing."

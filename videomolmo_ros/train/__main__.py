@@ -47,6 +47,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, argparse
     p.add_argument("--pool-size", type=int, default=None,
                    help="a fixed pool of scenes (default: new scenes, never repeated)")
     p.add_argument("--history-frames", type=int, default=d.history_frames, help="l")
+    p.add_argument("--captions", type=int, default=d.captions, choices=(0, 1),
+                   help="a dense-caption segment per keyframe (Molmo's caption pre-training)")
     p.add_argument("--kinds", default=",".join(KINDS), help="expression kinds to train on")
     p.add_argument("--scene", default="{}", help="JSON object of SceneConfig overrides")
     p.add_argument("--save-every", type=int, default=t.save_every)
@@ -66,7 +68,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, argparse
     data = DataConfig(seed=a.data_seed, scene=json.loads(a.scene), pool_size=a.pool_size,
                       frames_per_scene=a.frames_per_scene, interleave=a.interleave,
                       queries_per_frame=a.queries_per_frame, history_frames=a.history_frames,
-                      kinds=tuple(k for k in a.kinds.split(",") if k))
+                      kinds=tuple(k for k in a.kinds.split(",") if k), captions=a.captions)
     config = TrainConfig(
         output_dir=a.out, preset=a.preset, model_overrides=json.loads(a.model_overrides),
         temporal=not a.no_temporal, data=data, steps=a.steps, batch_frames=a.batch_frames,

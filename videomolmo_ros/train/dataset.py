@@ -17,6 +17,13 @@ One sample is one keyframe t of a synthetic scene with
   right after the image prefix, so each query is computed exactly as at inference, while the
   image (ViT, temporal module, projector, prefix) is computed once for all queries.
 
+With ``captions`` (training only, as Molmo's dense-caption pre-training): one more segment per
+keyframe asks "Describe this image." and answers with every object of at least
+``CAPTION_MIN_PIXELS`` visible pixels, left to right ("A small striped red circle moving left
+and a large plain blue star."). Every word of it depends on the image, so the LLM learns to
+read image tokens from dense supervision instead of from the few digits of point text; a model
+trained from scratch without it did not use the image at all after 2,500 steps.
+
 ``labels`` hold the answer tokens (and each answer's ``<eos>``) and -100 elsewhere: only the
 point text carries loss. Samples are a pure function of (``DataConfig``, index): resuming needs
 only the index of the next sample.
@@ -33,6 +40,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from videomolmo_ros.core.masks import deepest_point
 from videomolmo_ros.core.points import Point, format_points
 from videomolmo_ros.data.synthetic import KINDS, Scene, SceneConfig, make_scene
 from videomolmo_ros.model.config import VideoMolmoConfig
@@ -42,6 +50,8 @@ from videomolmo_ros.model.preprocessing import ImageTokenIds, MultiCropPreproces
 TRAIN_SEED_OFFSET = 1_000_000
 SEEDS_PER_DATA_SEED = 100_000_000
 IGNORE_INDEX = -100
+CAPTION_PROMPT = "Describe this image."
+CAPTION_MIN_PIXELS = 20  # as the oracle pointer: smaller slivers are not described
 
 
 @dataclass(frozen=True)
@@ -58,6 +68,7 @@ class DataConfig:
     queries_per_frame: queries packed with one keyframe (fewer if the scene has fewer).
     history_frames: l, previous frames fed to the temporal module (0 = single frame).
     kinds: expression kinds to draw from; a kind is chosen uniformly, then an expression.
+    captions: caption segments per keyframe (0 or 1; see the module docstring).
     """
 
     seed: int = 0
@@ -68,8 +79,11 @@ class DataConfig:
     queries_per_frame: int = 8
     history_frames: int = 4
     kinds: tuple[str, ...] = KINDS
+    captions: int = 0
 
     def __post_init__(self) -> None:
+        if self.captions not in (0, 1):
+            raise ValueError(f"captions must be 0 or 1, got {self.captions}")
         if min(self.frames_per_scene, self.interleave, self.queries_per_frame) < 1:
             raise ValueError("frames_per_scene, interleave and queries_per_frame must be >= 1")
         if self.history_frames < 0:
@@ -121,6 +135,26 @@ def answer_text(points: Sequence[Point], width: int, height: int, label: str) ->
     points sorted by (x, y) so that the order is a function of the image."""
     ordered = sorted(points, key=lambda p: (p.x, p.y))
     return " " + format_points(ordered, width, height, label)
+
+
+def caption_text(scene: Scene, t: int) -> str:
+    """The dense caption of frame t (leading space, as an answer): the visible objects left to
+    right (by their ground-truth point), each as "size texture colour shape [moving dir]"."""
+    described = []
+    for obj in scene.objects:
+        mask = scene.masks[t, obj.object_id]
+        if mask.sum() < CAPTION_MIN_PIXELS:
+            continue
+        x, y = deepest_point(mask)
+        words = f"a {obj.size} {obj.texture} {obj.color} {obj.shape}"
+        if obj.motion != "static":
+            words += f" moving {obj.motion}"
+        described.append((x, y, words))
+    phrases = [words for _, _, words in sorted(described)]
+    if not phrases:
+        return " Nothing."
+    text = phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
+    return " " + text[0].upper() + text[1:] + "."
 
 
 def bos_token_id(tokenizer: Any) -> int:
@@ -186,11 +220,13 @@ class PointingDataset(torch.utils.data.Dataset):
         ids, labels, positions, segments = [prefix], [torch.full_like(prefix, IGNORE_INDEX)], \
             [torch.arange(len(prefix))], [torch.zeros_like(prefix)]
         queries, answers = [], []
-        for j, expression in enumerate(expressions, start=1):
-            query = expression.text
-            answer = answer_text(scene.points_for(expression.object_ids, t), scene.width,
-                                 scene.height, query)
-            prompt_ids = self.tokenizer.encode(user_message(pointing_instruction(query)),
+        segments_qa = [(e.text, answer_text(scene.points_for(e.object_ids, t), scene.width,
+                                            scene.height, e.text), pointing_instruction(e.text))
+                       for e in expressions]
+        segments_qa += [(CAPTION_PROMPT, caption_text(scene, t), CAPTION_PROMPT)] * \
+            self.data.captions
+        for j, (query, answer, instruction) in enumerate(segments_qa, start=1):
+            prompt_ids = self.tokenizer.encode(user_message(instruction),
                                                add_special_tokens=False)
             answer_ids = self.tokenizer.encode(answer, add_special_tokens=False) + [self.eos_id]
             segment = torch.tensor(prompt_ids + answer_ids, dtype=torch.long)
