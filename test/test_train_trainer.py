@@ -175,3 +175,15 @@ def test_vit_positions_start_as_a_two_dimensional_sin_cos_code(tmp_path, tokeniz
     assert torch.equal(row_code[:, 0], row_code[:, side - 1])  # and the row code the column
     assert torch.allclose(patches[0, 0, quarter: 2 * quarter], torch.ones(quarter))  # cos 0
     assert not torch.allclose(column_code[0, 0], column_code[0, 1])
+
+
+def test_grounding_monitor_goes_into_the_log(tmp_path, tokenizer_dir):
+    trainer = Trainer(run_config(tmp_path, tokenizer_dir, steps=2, monitor_every=2))
+    trainer.train(progress=False)
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert "held_out_first_digit" not in records[0]
+    scores = {k: v for k, v in records[1].items() if k.startswith("held_out_")}
+    assert set(scores) == {"held_out_first_digit", "held_out_second_digit",
+                           "held_out_none_recall"}
+    assert all(0.0 <= v <= 1.0 for v in scores.values() if v == v)  # nan: none to score
+    assert scores["held_out_first_digit"] == scores["held_out_first_digit"]  # points exist

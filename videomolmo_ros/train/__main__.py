@@ -63,6 +63,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, argparse
     p.add_argument("--init-from", default=None,
                    help="start from this trained model (fresh optimizer and schedule), e.g. the "
                         "output of an earlier curriculum stage")
+    p.add_argument("--monitor-every", type=int, default=t.monitor_every,
+                   help="log held-out grounding signals every N steps (train.monitor); 0 = off")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
     data = DataConfig(seed=a.data_seed, scene=json.loads(a.scene), pool_size=a.pool_size,
@@ -77,7 +79,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, argparse
         max_grad_norm=a.max_grad_norm, seed=a.seed, save_every=a.save_every,
         keep_checkpoints=a.keep_checkpoints, tokenizer=a.tokenizer, threads=a.threads,
         init_connector=not a.no_init_connector, init_positions=not a.no_init_positions,
-        init_from=a.init_from)
+        init_from=a.init_from, monitor_every=a.monitor_every)
     return config, a
 
 

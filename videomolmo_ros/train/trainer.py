@@ -83,6 +83,9 @@ class TrainConfig:
     # Start from this model (release layout + tokenizer; e.g. an earlier curriculum stage)
     # with a fresh optimizer and schedule; its config.json replaces preset/model_overrides.
     init_from: str | None = None
+    # Every this many steps, held-out grounding signals go into the log (``train.monitor``);
+    # 0 = never.
+    monitor_every: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.data, dict):
@@ -257,6 +260,11 @@ class Trainer:
             self.optimizer, config.warmup_steps, config.steps, min_lr_rate=config.min_lr_ratio)
         self.step = 0
         self.losses: list[float] = []
+        self.monitor = None
+        if config.monitor_every:
+            from videomolmo_ros.train.monitor import GroundingMonitor
+
+            self.monitor = GroundingMonitor(config.data, self.model.config, self.tokenizer)
         if checkpoint is not None:
             self._load_state(checkpoint)
 
@@ -312,6 +320,11 @@ class Trainer:
         try:
             while self.step < end:
                 record = self.train_step()
+                if self.monitor is not None and self.step % self.config.monitor_every == 0:
+                    record.update({f"held_out_{k}": v for k, v in self.monitor(self.model).items()})
+                    bar.write(f"step {self.step}: held-out first digit "
+                              f"{record['held_out_first_digit']:.3f}, 'There are none.' recall "
+                              f"{record['held_out_none_recall']:.3f}")
                 log.write(json.dumps(record) + "\n")
                 log.flush()
                 bar.update(1)
