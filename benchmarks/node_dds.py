@@ -38,7 +38,8 @@ IMAGE_TOPIC = "/bench/camera/image_raw"
 def run_one(scene, k: int, l: int, fps: float, frames: int, queries: int, log_dir: Path) -> dict:
     """One node, one stream; every figure of the table row for (k, l)."""
     node = NodeProcess(remappings={"camera/image_raw": IMAGE_TOPIC},
-                       parameters={"k": k, "l": l, "oracle.scene_seed": scene.config.seed,
+                       parameters={"k": k, "l": l, "pointer.backend": "oracle",
+                                   "oracle.scene_seed": scene.config.seed,
                                    "oracle.scene_config": json.dumps(
                                        {"num_frames": scene.num_frames}),
                                    "stats_period_s": 0.5},

@@ -14,7 +14,8 @@ def test_queries_and_masks_stay_with_their_camera():
     topics = {"front": "/rig/front/image_raw", "wrist": "/rig/wrist/image_raw"}
     log = Path(tempfile.mkdtemp(prefix="pointing_node_")) / "node.log"
     node = NodeProcess(remappings={f"{name}/image_raw": topic for name, topic in topics.items()},
-                       parameters={"cameras": ["front", "wrist"], "k": 4}, log_path=log)
+                       parameters={"cameras": ["front", "wrist"], "k": 4,
+                                   "pointer.backend": "oracle"}, log_path=log)
     clients = {name: PointingClient(topic, camera=name) for name, topic in topics.items()}
     try:
         assert clients["front"].wait_for_node(30, alive=node.alive), node.log()

@@ -28,7 +28,8 @@ def ros():
     log = Path(tempfile.mkdtemp(prefix="pointing_node_")) / "node.log"
     node = NodeProcess(params_file=None, executable=node_executable(launched),
                        ros_args=node_ros_args(launched), log_path=log,
-                       parameters={"oracle.scene_seed": SCENE_SEED, "k": K})
+                       parameters={"pointer.backend": "oracle",
+                                   "oracle.scene_seed": SCENE_SEED, "k": K})
     client = PointingClient(IMAGE_TOPIC, node_name=f"/{launched.name}")
     assert client.wait_for_node(30, alive=node.alive), node.log()
     yield dict(node=node, client=client)

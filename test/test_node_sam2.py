@@ -24,7 +24,7 @@ def test_node_tracks_with_sam2_from_a_checkpoint_file():
     model = build_model("sam2.1_hiera_t", image_size=IMAGE_SIZE, random_weights=True, seed=3)
     torch.save({"model": model.state_dict()}, checkpoint)  # the release's {"model": ...}
     node = NodeProcess(remappings={"camera/image_raw": IMAGE_TOPIC}, log_path=folder / "node.log",
-                       parameters={"sam2.checkpoint": str(checkpoint), "k": 3,
+                       parameters={"pointer.backend": "oracle", "sam2.checkpoint": str(checkpoint), "k": 3,
                                    "sam2.image_size": IMAGE_SIZE})
     client = PointingClient(IMAGE_TOPIC)
     try:
@@ -53,7 +53,7 @@ def test_node_tracks_with_sam2_from_a_checkpoint_file():
 
 def test_node_refuses_a_missing_sam2_checkpoint_with_a_reason():
     folder = Path(tempfile.mkdtemp())
-    node = NodeProcess(parameters={"segmenter.backend": "sam2",
+    node = NodeProcess(parameters={"pointer.backend": "oracle", "segmenter.backend": "sam2",
                                    "sam2.checkpoint": str(folder / "missing.pt")},
                        log_path=folder / "node.log")
     assert node.process.wait(timeout=90) == 2

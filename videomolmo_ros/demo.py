@@ -5,6 +5,11 @@ It starts the node (its own process, config/pointing.yaml), publishes the frames
 through the ~/point service, collects the points, causal and fused masks, and writes an overlay
 video, a contact sheet PNG and a JSON of results; it prints J&F of the fused and the causal
 masks against the ground truth.
+
+Who points: the oracle (default: the scene's ground-truth points, which shows the mask stage
+alone), or a VideoMolmo checkpoint (``--pointer videomolmo --model DIR``, e.g. one trained with
+``python -m videomolmo_ros.train``; it takes any typed query, scored when it is one of the
+scene's expressions).
 """
 from __future__ import annotations
 
@@ -12,7 +17,9 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -36,6 +43,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--k", type=int, default=10, help="keyframe interval")
     parser.add_argument("--query", action="append", default=[],
                         help="a query (repeatable); default: one of each kind the scene has")
+    parser.add_argument("--pointer", default="oracle", choices=("oracle", "videomolmo"),
+                        help="who points: the ground-truth oracle (default) or the network")
+    parser.add_argument("--model", default="",
+                        help="checkpoint directory (release layout) for --pointer videomolmo")
     parser.add_argument("--segmenter", default="auto", choices=("auto", "classical", "sam2"),
                         help="mask backend (auto: sam2 when --sam2-checkpoint is given)")
     parser.add_argument("--sam2-checkpoint", default="", help="SAM2 .pt file")
@@ -46,16 +57,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def pick_queries(scene, wanted: list[str]) -> list:
-    """The scene's expressions to ask: the ones named, else one of each kind."""
+@dataclass
+class DemoQuery:
+    """A query to ask, with the scene's expression it matches (None: no ground truth)."""
+
+    text: str
+    expression: Any = None
+
+    @property
+    def kind(self) -> str:
+        return self.expression.kind if self.expression is not None else "typed"
+
+
+def pick_queries(scene, wanted: list[str], pointer: str = "oracle") -> list[DemoQuery]:
+    """What to ask: the queries named (the oracle knows only the scene's expressions; the
+    network takes any text), else one expression of each kind."""
     if wanted:
         by_text = {e.text.lower(): e for e in scene.expressions}
         missing = [q for q in wanted if q.strip().lower() not in by_text]
-        if missing:
+        if missing and pointer == "oracle":
             known = "\n  ".join(e.text for e in scene.expressions)
             raise SystemExit(f"the oracle pointer only knows this scene's expressions; "
                              f"unknown: {missing}\nknown:\n  {known}")
-        return [by_text[q.strip().lower()] for q in wanted]
+        return [DemoQuery(q.strip(), by_text.get(q.strip().lower())) for q in wanted]
     # One of each kind, naming objects no earlier choice names: a label image holds one query
     # per pixel, so queries that share an object would hide each other in it.
     chosen, taken = [], set()
@@ -63,7 +87,7 @@ def pick_queries(scene, wanted: list[str]) -> list:
         for expression in scene.expressions:
             objects = set(expression.object_ids)
             if expression.kind == kind and objects and not objects & taken:
-                chosen.append(expression)
+                chosen.append(DemoQuery(expression.text, expression))
                 taken |= objects
                 break
     return chosen
@@ -71,18 +95,25 @@ def pick_queries(scene, wanted: list[str]) -> list:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.pointer == "videomolmo" and not args.model:
+        raise SystemExit("--pointer videomolmo needs --model DIR (a checkpoint in the release "
+                         "layout, e.g. the output of python -m videomolmo_ros.train)")
     require_loopback_dds()
     scene = make_scene(SceneConfig(seed=args.seed, num_frames=max(args.frames, 2)))
     frames = min(args.frames, len(scene.frames))
-    expressions = pick_queries(scene, args.query)
+    expressions = pick_queries(scene, args.query, args.pointer)
     args.out.mkdir(parents=True, exist_ok=True)
     segmenter = args.segmenter if args.segmenter != "auto" else (
         "sam2" if args.sam2_checkpoint else "classical")
-    print("pointer: ORACLE — it replays the synthetic scene's ground-truth points on keyframes "
-          f"(no trained language model yet); masks: the {segmenter} segmenter.")
+    if args.pointer == "oracle":
+        print("pointer: ORACLE — it replays the synthetic scene's ground-truth points on "
+              f"keyframes; masks: the {segmenter} segmenter.")
+    else:
+        print(f"pointer: VideoMolmo ({args.model}); masks: the {segmenter} segmenter.")
     log_path = args.out / "node.log"
     node = NodeProcess(DEFAULT_CONFIG, remappings={"camera/image_raw": IMAGE_TOPIC},
-                       parameters={"oracle.scene_seed": args.seed, "k": args.k,
+                       parameters={"pointer.backend": args.pointer, "model.path": args.model,
+                                   "oracle.scene_seed": args.seed, "k": args.k,
                                    "segmenter.backend": args.segmenter,
                                    "sam2.checkpoint": args.sam2_checkpoint,
                                    "sam2.config": args.sam2_config,
@@ -92,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
                        log_path=log_path)
     client = PointingClient(IMAGE_TOPIC)
     try:
-        if not client.wait_for_node(60, alive=node.alive):
+        if not client.wait_for_node(120, alive=node.alive):
             raise SystemExit(f"the node did not come up; its log ({log_path}) ends:\n"
                              + "\n".join(log_path.read_text().splitlines()[-5:]))
         started = time.monotonic()
@@ -124,6 +155,7 @@ def evaluate(scene, frames: int, expressions, answers, client) -> dict:
     queries = []
     for expression, answer in zip(expressions, answers):
         entry = {"query": expression.text, "kind": expression.kind,
+                 "ground_truth": expression.expression is not None,
                  "success": bool(answer and answer.success),
                  "message": answer.message if answer else "no answer"}
         if answer and answer.success:
@@ -138,8 +170,11 @@ def evaluate(scene, frames: int, expressions, answers, client) -> dict:
                     causal = client.masks["causal"].get(stamp)
                     if fused is None or causal is None:
                         continue
+                    if expression.expression is None:
+                        break  # a typed query the scene has no ground truth for
                     label_map = (fused if kind == "fused" else causal)[0]
-                    truth = np.any(scene.masks[t][list(expression.object_ids)], axis=0)
+                    truth = np.any(scene.masks[t][list(expression.expression.object_ids)],
+                                   axis=0)
                     scores.append(j_and_f(label_map == answer.label, truth))
                 if scores:
                     j, f, jf = np.mean(scores, axis=0)
@@ -189,10 +224,10 @@ def print_report(report: dict, out: Path) -> None:
         if not q["success"]:
             print(f"{q['query'][:42]:<42} {q['kind']:<10} failed: {q['message']}")
             continue
-        fused = q.get("fused", {}).get("J&F", float("nan"))
-        causal = q.get("causal", {}).get("J&F", float("nan"))
-        print(f"{q['query'][:42]:<42} {q['kind']:<10} {q['count']:>3}  {fused:>9.3f}  "
-              f"{causal:>10.3f}")
+        fused, causal = (f"{q[kind]['J&F']:.3f}" if kind in q else "n/a"
+                         for kind in ("fused", "causal"))
+        print(f"{q['query'][:42]:<42} {q['kind']:<10} {q['count']:>3}  {fused:>9}  "
+              f"{causal:>10}")
     print(f"\nwrote {out / 'overlay.mp4'}, {out / 'overlay_sheet.png'}, {out / 'results.json'}")
 
 

@@ -1,0 +1,106 @@
+"""How fast the small model's LLM learns to look something up in an image, per learning rate.
+
+    python benchmarks/retrieval_lr.py                       # 2e-4 5e-4 1e-3 2e-3, 600 steps
+
+The bare decoder of ``train.presets.small`` (transformers' Qwen2 blocks, the model's own std-0.02
+init, AdamW (0.9, 0.95), clipping 1.0) on the core of pointing, with no vision side: a prefix of
+32 "image tokens" (unit-RMS vectors: noise + a fixed code per position, as the image
+embeddings reach the LLM), one of which also carries an object vector; after two text tokens
+the LLM must name the position of the marked token (32 classes, chance 0.03). Printed: held-out
+accuracy every 100 steps, per learning rate, measured side by side in one run. This is why
+``TrainConfig`` defaults to 2e-4: at 2e-3 the full model's loss fell smoothly for thousands of
+steps (it learned the answer format) while it never learned to use the image.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+
+from videomolmo_ros.model.videomolmo import qwen2_config
+from videomolmo_ros.train.presets import small
+
+TOKENS = 32
+CLASSES = 7  # object vectors (think colours)
+
+
+class Task:
+    """Fixed position codes and object vectors; batches of (embeddings, target position)."""
+
+    def __init__(self, llm: torch.nn.Module, width: int, seed: int) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        self.llm, self.width, self.generator = llm, width, generator
+        self.positions = torch.randn(TOKENS, width, generator=generator) * 4 / math.sqrt(width)
+        self.objects = torch.randn(CLASSES, width, generator=generator) * 12 / math.sqrt(width)
+
+    def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        g = self.generator
+        image = torch.randn(size, TOKENS, self.width, generator=g) * 2 / math.sqrt(self.width)
+        image = image + self.positions[None]
+        where = torch.randint(0, TOKENS, (size,), generator=g)
+        what = torch.randint(0, CLASSES, (size,), generator=g)
+        image[torch.arange(size), where] += self.objects[what]
+        image = F.rms_norm(image, (self.width,))
+        text = torch.stack([torch.full((size,), 50), 40 + what, torch.full((size,), 51)], 1)
+        bos = torch.zeros(size, 1, dtype=torch.long)
+        embed = self.llm.embed_tokens
+        return torch.cat([embed(bos), image, embed(text)], 1), where
+
+
+def run(lr: float, steps: int, batch: int, seed: int, every: int) -> list[float]:
+    from transformers.models.qwen2.modeling_qwen2 import Qwen2Model
+
+    torch.manual_seed(seed)
+    config = qwen2_config(small())
+    llm = Qwen2Model(config)
+    head = torch.nn.Linear(config.hidden_size, TOKENS, bias=False)
+    for module in list(llm.modules()) + [head]:
+        if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
+            torch.nn.init.normal_(module.weight, std=0.02)
+            if getattr(module, "bias", None) is not None:
+                torch.nn.init.zeros_(module.bias)
+    params = list(llm.parameters()) + list(head.parameters())
+    optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), eps=1e-6)
+    task = Task(llm, config.hidden_size, seed)
+    accuracies = []
+    for step in range(1, steps + 1):
+        inputs, target = task.batch(batch)
+        loss = F.cross_entropy(head(llm(inputs_embeds=inputs).last_hidden_state[:, -1]), target)
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        if step % every == 0:
+            with torch.no_grad():
+                inputs, target = task.batch(256)
+                logits = head(llm(inputs_embeds=inputs).last_hidden_state[:, -1])
+                accuracies.append(float((logits.argmax(-1) == target).float().mean()))
+    return accuracies
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lrs", type=float, nargs="+", default=[2e-4, 5e-4, 1e-3, 2e-3])
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--every", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"held-out accuracy of finding the marked token among {TOKENS} (chance "
+          f"{1 / TOKENS:.2f}), small preset's LLM, batch {args.batch}")
+    print("lr       " + " ".join(f"{s:>6}" for s in range(args.every, args.steps + 1,
+                                                          args.every)) + "   seconds")
+    for lr in args.lrs:
+        started = time.perf_counter()
+        accuracies = run(lr, args.steps, args.batch, args.seed, args.every)
+        print(f"{lr:<8.0e} " + " ".join(f"{a:>6.2f}" for a in accuracies)
+              + f"   {time.perf_counter() - started:.0f}")
+
+
+if __name__ == "__main__":
+    main()
