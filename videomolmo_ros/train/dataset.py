@@ -40,7 +40,6 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from videomolmo_ros.core.masks import deepest_point
 from videomolmo_ros.core.points import Point, format_points
 from videomolmo_ros.data.synthetic import KINDS, Scene, SceneConfig, make_scene
 from videomolmo_ros.model.config import VideoMolmoConfig
@@ -142,14 +141,13 @@ def caption_text(scene: Scene, t: int) -> str:
     right (by their ground-truth point), each as "size texture colour shape [moving dir]"."""
     described = []
     for obj in scene.objects:
-        mask = scene.masks[t, obj.object_id]
-        if mask.sum() < CAPTION_MIN_PIXELS:
+        if scene.masks[t, obj.object_id].sum() < CAPTION_MIN_PIXELS:
             continue
-        x, y = deepest_point(mask)
+        point = scene.points_for([obj.object_id], t)[0]
         words = f"a {obj.size} {obj.texture} {obj.color} {obj.shape}"
         if obj.motion != "static":
             words += f" moving {obj.motion}"
-        described.append((x, y, words))
+        described.append((point.x, point.y, words))
     phrases = [words for _, _, words in sorted(described)]
     if not phrases:
         return " Nothing."
