@@ -13,7 +13,8 @@
   Not higher: at 2e-3 the loss falls smoothly (the answer format) but the LLM learns to look
   things up in the image far more slowly (the full model still ignored it after 2,500 steps).
   ``benchmarks/retrieval_lr.py`` shows it on the bare small LLM finding the one marked token
-  among 32 (chance 0.03): held-out accuracy after 300 / 600 steps is 0.96 / 0.97 at 2e-4, 0.46 / 0.62 at 5e-4, 0.54 / 0.79 at 1e-3 and 0.18 / 0.52 at 2e-3.
+  among 32 (chance 0.03): held-out accuracy after 300 / 600 steps is 0.96 / 0.97 at 2e-4,
+  0.46 / 0.62 at 5e-4, 0.54 / 0.79 at 1e-3 and 0.18 / 0.52 at 2e-3.
   Linear warmup (100 steps) then cosine down to ``min_lr_ratio`` of the peak.
 * Gradient clipping at 1.0, fp32, gradient accumulation.
 * Initialisation from scratch: the model's own init, plus Xavier-normal pooling and projector
