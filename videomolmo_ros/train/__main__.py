@@ -63,6 +63,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, argparse
     p.add_argument("--init-from", default=None,
                    help="start from this trained model (fresh optimizer and schedule), e.g. the "
                         "output of an earlier curriculum stage")
+    p.add_argument("--init-vision-from", default=None,
+                   help="start the ViT from a stage-0 pre-training (train.vision_pretrain --out)")
     p.add_argument("--monitor-every", type=int, default=t.monitor_every,
                    help="log held-out grounding signals every N steps (train.monitor); 0 = off")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -79,7 +81,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, argparse
         max_grad_norm=a.max_grad_norm, seed=a.seed, save_every=a.save_every,
         keep_checkpoints=a.keep_checkpoints, tokenizer=a.tokenizer, threads=a.threads,
         init_connector=not a.no_init_connector, init_positions=not a.no_init_positions,
-        init_from=a.init_from, monitor_every=a.monitor_every)
+        init_from=a.init_from, init_vision_from=a.init_vision_from,
+        monitor_every=a.monitor_every)
     return config, a
 
 

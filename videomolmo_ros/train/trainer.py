@@ -19,7 +19,9 @@
 * Gradient clipping at 1.0, fp32, gradient accumulation.
 * Initialisation from scratch: the model's own init, plus Xavier-normal pooling and projector
   (``init_connector``: the std-0.02 default lets almost no image signal reach the LLM at step
-  0). ``init_from`` starts from a trained model instead (curriculum stages).
+  0), optionally the ViT of a stage-0 pre-training (``init_vision_from``, see
+  ``train.vision_pretrain``). ``init_from`` starts from a trained model instead (curriculum
+  stages).
 * Seeded and reproducible: the initial weights follow ``seed``; samples are a pure function of
   (data config, sample index), and the sample index of a step is ``step * frames_per_step``.
   A checkpoint (release-layout model + tokenizer + ``trainer_state.pt`` with optimizer,
@@ -87,6 +89,9 @@ class TrainConfig:
     # Start from this model (release layout + tokenizer; e.g. an earlier curriculum stage)
     # with a fresh optimizer and schedule; its config.json replaces preset/model_overrides.
     init_from: str | None = None
+    # A stage-0 ViT (``train.vision_pretrain``) for a run from scratch: our stand-in for the
+    # pre-trained CLIP that Molmo starts from.
+    init_vision_from: str | None = None
     # Every this many steps, held-out grounding signals go into the log (``train.monitor``);
     # 0 = never.
     monitor_every: int = 0
@@ -252,6 +257,10 @@ class Trainer:
                 init_connector(self.model)
             if config.init_positions:
                 init_positions(self.model)
+            if config.init_vision_from:
+                from videomolmo_ros.train.vision_pretrain import load_pretrained_vit
+
+                load_pretrained_vit(self.model, config.init_vision_from)
         check_layout(self.tokenizer, self.model.config.embedding_size)
         self.dataset = PointingDataset(config.data, self.model.config, self.tokenizer)
         self.optimizer = torch.optim.AdamW(
@@ -372,7 +381,7 @@ class Trainer:
         saved = state["config"]
         mine = self.config.to_dict()
         changed = [k for k in ("data", "batch_frames", "grad_accum", "preset", "temporal",
-                               "model_overrides", "seed", "init_from")
+                               "model_overrides", "seed", "init_from", "init_vision_from")
                    if saved.get(k) != mine.get(k)]
         if changed:
             raise ValueError(f"cannot resume {checkpoint}: the run changed {changed}")

@@ -1,0 +1,128 @@
+"""Stage-0 ViT pre-training: per-patch targets follow the pixels through the crop geometry, the
+stage learns, and its ViT reaches the pointing trainer."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from videomolmo_ros.data.synthetic import SceneConfig, make_scene  # noqa: E402
+from videomolmo_ros.model.preprocessing import make_crop_layout  # noqa: E402
+from videomolmo_ros.train.presets import tiny  # noqa: E402
+from videomolmo_ros.train.testing import TINY_SCENE, small_tokenizer, tiny_data  # noqa: E402
+from videomolmo_ros.train.trainer import TrainConfig, Trainer  # noqa: E402
+from videomolmo_ros.train.vision_pretrain import (ATTRIBUTES, WEIGHTS_NAME,  # noqa: E402
+                                                  PretrainConfig, dense_targets, main,
+                                                  pretrain, view_coverage, view_positions)
+
+torch.set_num_threads(1)
+
+
+def test_coverage_of_the_left_half_lands_on_the_left_patches_of_every_crop():
+    config = tiny()  # up to 4 crops: the crop windows are checked too
+    height, width = 120, 200
+    layout = make_crop_layout(height, width, config)
+    assert layout.num_crops > 2
+    left = np.zeros((1, height, width), bool)
+    left[:, :, : width // 2] = True
+    coverage = view_coverage(left, layout, config)[..., 0]  # (T, P)
+    in_frame = view_coverage(np.ones_like(left), layout, config)[..., 0]
+    positions = view_positions(layout, config)  # (T, P, 2), fractions of the frame
+    inside = ((positions >= 0) & (positions <= 1)).all(-1)
+    assert coverage.shape == positions.shape[:2] == (layout.num_crops, 64)
+    clearly_left = inside & (positions[..., 0] < 0.4)
+    clearly_right = inside & (positions[..., 0] > 0.6)
+    assert clearly_left.sum() > 0 and clearly_right.sum() > 0
+    np.testing.assert_allclose(coverage[clearly_left], in_frame[clearly_left], atol=0.02)
+    assert coverage[clearly_right].max() < 0.05
+    assert in_frame[inside].max() == pytest.approx(1.0)
+    assert in_frame[~inside].max() < 0.5  # padding around the frame is not the object
+
+
+def test_patch_positions_span_the_frame_in_the_global_view():
+    config = tiny()
+    layout = make_crop_layout(72, 96, config)
+    positions = view_positions(layout, config)[0].reshape(8, 8, 2)
+    # x grows along a row, y down a column; the frame fills the width of the global view.
+    assert np.all(np.diff(positions[..., 0], axis=1) > 0)
+    assert np.all(np.diff(positions[..., 1], axis=0) > 0)
+    assert positions[0, 0, 0] == pytest.approx(1 / 16) and positions[0, -1, 0] == \
+        pytest.approx(15 / 16)
+
+
+def test_targets_name_the_object_under_its_own_point():
+    config = tiny()
+    scene = make_scene(SceneConfig(seed=3))
+    layout = make_crop_layout(scene.height, scene.width, config)
+    t = 5
+    targets = dense_targets(scene, t, layout, config)
+    positions = targets.position[0].numpy()  # global view
+    checked = 0
+    for obj in scene.objects:
+        points = scene.points_for([obj.object_id], t)
+        if not points or scene.masks[t, obj.object_id].sum() < 400:
+            continue
+        point = np.array([points[0].x / scene.width, points[0].y / scene.height])
+        patch = int(np.abs(positions - point).sum(-1).argmin())  # the patch holding the point
+        assert bool(targets.owned[0, patch])
+        for name, values in ATTRIBUTES.items():
+            assert int(targets.classes[name][0, patch]) == values.index(getattr(obj, name)) + 1
+        assert targets.point[0, patch].numpy() == pytest.approx(point, abs=1e-6)
+        checked += 1
+    assert checked >= 2
+    assert (targets.classes["color"][~targets.owned] == 0).all()
+
+
+def test_pretraining_learns_and_the_trainer_starts_from_its_vit(tmp_path):
+    out = tmp_path / "stage0"
+    config = PretrainConfig(output_dir=str(out), preset="tiny", scene=dict(TINY_SCENE),
+                            steps=30, frames_per_step=8, frames_per_scene=4, lr=3e-3,
+                            warmup_steps=3, held_out_scenes=2)
+    pretrain(config, progress=False)
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert len(log) == 30
+    assert np.mean([r["loss"] for r in log[-5:]]) < 0.7 * np.mean([r["loss"] for r in log[:5]])
+    recipe = json.loads((out / "vision_pretrain.json").read_text())
+    assert 0 <= recipe["held_out"]["color_acc"] <= 1 and recipe["config"]["steps"] == 30
+
+    tokenizer_dir = tmp_path / "tokenizer"
+    small_tokenizer().save_pretrained(str(tokenizer_dir))
+    run = TrainConfig(output_dir=str(tmp_path / "run"), preset="tiny", data=tiny_data(), steps=1,
+                      batch_frames=1, grad_accum=1, tokenizer=str(tokenizer_dir),
+                      init_vision_from=str(out))
+    trainer = Trainer(run)
+    from safetensors.torch import load_file
+
+    saved = load_file(str(out / WEIGHTS_NAME))
+    vit = trainer.model.vision_backbone.image_vit.state_dict()
+    assert set(saved) == {"vision_backbone.image_vit." + k for k in vit}
+    for name, value in vit.items():
+        torch.testing.assert_close(value, saved["vision_backbone.image_vit." + name])
+
+
+def test_a_vit_of_another_size_is_refused(tmp_path):
+    out = tmp_path / "stage0"
+    pretrain(PretrainConfig(output_dir=str(out), preset="tiny", scene=dict(TINY_SCENE), steps=1,
+                            frames_per_step=2, frames_per_scene=2, held_out_scenes=1),
+             progress=False)
+    tokenizer_dir = tmp_path / "tokenizer"
+    small_tokenizer().save_pretrained(str(tokenizer_dir))
+    run = TrainConfig(output_dir=str(tmp_path / "run"), preset="tiny", data=tiny_data(), steps=1,
+                      tokenizer=str(tokenizer_dir), init_vision_from=str(out),
+                      model_overrides={"vision_backbone": {"image_emb_dim": 48,
+                                                           "image_head_dim": 12}})
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        Trainer(run)
+
+
+def test_command_line_writes_the_vit(tmp_path, capsys):
+    out = tmp_path / "cli"
+    assert main(["--out", str(out), "--preset", "tiny", "--scene", json.dumps(TINY_SCENE),
+                 "--steps", "2", "--frames-per-step", "2", "--frames-per-scene", "2",
+                 "--no-progress"]) == 0
+    assert (out / WEIGHTS_NAME).is_file()
+    assert "color_acc" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -1,0 +1,324 @@
+"""Stage 0: pre-train the small model's ViT on dense synthetic targets (our stand-in for CLIP).
+
+VideoMolmo starts from Molmo, whose ViT is a pre-trained CLIP: its patch features already say
+what is where before the LLM ever learns to point. Trained from scratch end to end, our small
+model had to discover that from a few digits of point text and never did (issue 4, sessions 1
+and 2: coordinates stayed at chance for 3,000 steps). No CLIP of our size exists to download,
+so this stage gives the ViT what CLIP would: per-patch features from which a *linear* read-out
+recovers, for the object most covering the patch, its colour, shape, size and texture, and the
+image position of its point (the point the pointing answer names), plus the patch's own
+position. The pointing stage (``train``) then starts from this ViT (``init_vision_from``).
+
+Targets are computed by passing the ground-truth masks through the same resize / pad / crop
+geometry as the pixels (``preprocessing.resize_and_pad``), so a patch's label is about exactly
+the pixels it sees, in every crop of the layout.
+
+CLI: ``python -m videomolmo_ros.train.vision_pretrain --out DIR --steps N`` writes
+``vision.safetensors`` (the ViT, named as in ``VideoMolmoModel``), ``vision_pretrain.json``
+(recipe and held-out scores) and ``log.jsonl``.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from videomolmo_ros.data.synthetic import COLORS, SHAPES, SIZES, TEXTURES, Scene, SceneConfig, \
+    make_scene
+from videomolmo_ros.model.config import VideoMolmoConfig
+from videomolmo_ros.model.preprocessing import (CropLayout, crop_frame, make_crop_layout,
+                                                patchify, resize_and_pad)
+from videomolmo_ros.train.presets import preset
+
+WEIGHTS_NAME = "vision.safetensors"
+RECIPE_NAME = "vision_pretrain.json"
+VIT_PREFIX = "vision_backbone.image_vit."
+MIN_COVERAGE = 0.1  # a patch belongs to the object covering at least this fraction of it
+ATTRIBUTES: dict[str, tuple[str, ...]] = {
+    "color": tuple(COLORS), "shape": SHAPES, "size": SIZES, "texture": TEXTURES}
+HELD_OUT_SEED_OFFSET = 500_000  # held-out scenes: below the pointing stage's 1,000,000
+
+
+def view_coverage(masks: np.ndarray, layout: CropLayout, config: VideoMolmoConfig) -> np.ndarray:
+    """masks (N, H, W) bool -> (num_crops, P, N): the fraction of each patch of each crop
+    (global view first, as ``crop_frame``) that each mask covers, through the same geometry."""
+    patch = config.vision_backbone.image_patch_size
+    size, window = layout.crop_size, layout.window
+    channels = [np.zeros(masks.shape[1:], np.uint8)] * ((-len(masks)) % 3)
+    stacked = np.stack(list(masks.astype(np.uint8) * 255) + channels, axis=-1)  # (H, W, 3k)
+    views = []
+    for start in range(0, stacked.shape[-1], 3):
+        image = np.ascontiguousarray(stacked[..., start:start + 3])
+        canvas, _ = resize_and_pad(image, layout.canvas_size)
+        global_view, _ = resize_and_pad(image, (size, size))
+        crops = [global_view] + [canvas[i * window:i * window + size, j * window:j * window + size]
+                                 for i in range(layout.tiling[0]) for j in range(layout.tiling[1])]
+        views.append(np.stack(crops))  # (num_crops, size, size, 3)
+    coverage = np.concatenate(views, axis=-1)[..., :len(masks)]  # (num_crops, size, size, N)
+    return patchify(coverage, patch).reshape(coverage.shape[0], -1, patch * patch,
+                                             len(masks)).mean(axis=2)
+
+
+def view_positions(layout: CropLayout, config: VideoMolmoConfig) -> np.ndarray:
+    """(num_crops, P, 2): the frame position (x / width, y / height) of each patch centre."""
+    patch = config.vision_backbone.image_patch_size
+    height, width = layout.image_size
+    grid = layout.crop_size // patch
+    centre = (np.arange(grid, dtype=np.float64) + 0.5) * patch
+    cy, cx = np.meshgrid(centre, centre, indexing="ij")
+
+    def to_frame(px: np.ndarray, py: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+        scale = min(np.float32(out_h) / np.float32(height), np.float32(out_w) / np.float32(width))
+        scaled_h, scaled_w = max(1, int(height * scale)), max(1, int(width * scale))
+        top, left = (out_h - scaled_h) // 2, (out_w - scaled_w) // 2
+        return np.stack([(px - left) / scaled_w, (py - top) / scaled_h], axis=-1).reshape(-1, 2)
+
+    views = [to_frame(cx, cy, layout.crop_size, layout.crop_size)]
+    for i in range(layout.tiling[0]):
+        for j in range(layout.tiling[1]):
+            views.append(to_frame(cx + j * layout.window, cy + i * layout.window,
+                                  *layout.canvas_size))
+    return np.stack(views).astype(np.float32)
+
+
+@dataclass
+class DenseTargets:
+    """Per-patch targets of one frame (T crops, P patches): class indices (0 = background,
+    -100 = ignored), ``point`` (T, P, 2) the owner's point as a fraction of the frame (valid
+    where ``owned``), ``position`` (T, P, 2) the patch centre as a fraction of the frame."""
+
+    classes: dict[str, torch.Tensor]
+    point: torch.Tensor
+    owned: torch.Tensor
+    position: torch.Tensor
+
+
+def dense_targets(scene: Scene, t: int, layout: CropLayout,
+                  config: VideoMolmoConfig) -> DenseTargets:
+    """What the ViT should read off each patch of frame t of ``scene``."""
+    coverage = view_coverage(scene.masks[t], layout, config)  # (T, P, N)
+    owner = coverage.argmax(-1)
+    owned = coverage.max(-1) >= MIN_COVERAGE
+    points = np.zeros((scene.num_objects, 2), np.float32)
+    for obj in scene.objects:
+        found = scene.points_for([obj.object_id], t)
+        if found:
+            points[obj.object_id] = (found[0].x / scene.width, found[0].y / scene.height)
+    classes = {}
+    for name, values in ATTRIBUTES.items():
+        per_object = np.asarray([values.index(getattr(o, name)) + 1 for o in scene.objects])
+        classes[name] = torch.from_numpy(np.where(owned, per_object[owner], 0).astype(np.int64))
+    return DenseTargets(classes, torch.from_numpy(points[owner]), torch.from_numpy(owned),
+                        torch.from_numpy(view_positions(layout, config)))
+
+
+class DenseHeads(nn.Module):
+    """Linear read-outs from ViT patch features: one classifier per attribute (+ background),
+    the owner's point (2) and the patch position (2). Thrown away after pre-training."""
+
+    def __init__(self, feature_dim: int) -> None:
+        super().__init__()
+        self.classifiers = nn.ModuleDict({name: nn.Linear(feature_dim, len(values) + 1)
+                                          for name, values in ATTRIBUTES.items()})
+        self.point = nn.Linear(feature_dim, 2)
+        self.position = nn.Linear(feature_dim, 2)
+
+    def losses(self, features: torch.Tensor, targets: DenseTargets
+               ) -> tuple[torch.Tensor, dict[str, float]]:
+        """features (B, T, P, C), batched targets -> (total loss, per-term values)."""
+        terms: dict[str, torch.Tensor] = {}
+        for name, head in self.classifiers.items():
+            logits = head(features)
+            terms[name] = F.cross_entropy(logits.flatten(0, 2), targets.classes[name].flatten())
+        owned = targets.owned
+        # Points and positions as fractions of the frame, errors scaled to ~tenths of it.
+        terms["point"] = F.smooth_l1_loss(self.point(features)[owned] * 10,
+                                          targets.point[owned] * 10)
+        terms["position"] = F.smooth_l1_loss(self.position(features) * 10,
+                                             targets.position * 10)
+        return sum(terms.values()), {k: float(v.detach()) for k, v in terms.items()}
+
+    @torch.no_grad()
+    def scores(self, features: torch.Tensor, targets: DenseTargets) -> dict[str, float]:
+        """Held-out read-out quality: accuracy per attribute on object patches, background
+        accuracy, mean point error (fraction of the frame) on object patches."""
+        owned = targets.owned
+        out = {}
+        for name, head in self.classifiers.items():
+            predicted = head(features).argmax(-1)
+            out[f"{name}_acc"] = float((predicted == targets.classes[name])[owned].float().mean())
+            out["background_acc"] = float((predicted == 0)[~owned].float().mean())
+        error = (self.point(features)[owned] - targets.point[owned]).abs().mean(-1)
+        out["point_error"] = float(error.mean())
+        return out
+
+
+@dataclass
+class PretrainConfig:
+    output_dir: str
+    preset: str = "small"
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    scene: dict[str, Any] = field(default_factory=dict)
+    steps: int = 1500
+    frames_per_step: int = 32
+    frames_per_scene: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 100
+    seed: int = 0
+    threads: int | None = None
+    held_out_scenes: int = 8
+
+
+class FrameStream:
+    """Training frames: scene ``i`` (seed ``seed_offset + i``) gives ``frames_per_scene``
+    random frames; the stream is a pure function of (config, step)."""
+
+    def __init__(self, scene: dict[str, Any], frames_per_scene: int, seed_offset: int,
+                 model_config: VideoMolmoConfig) -> None:
+        self.scene, self.frames_per_scene = scene, frames_per_scene
+        self.seed_offset, self.config = seed_offset, model_config
+
+    def frames(self, first: int, count: int) -> tuple[torch.Tensor, DenseTargets]:
+        crops, targets = [], []
+        for index in range(first, first + count):
+            scene_index, within = divmod(index, self.frames_per_scene)
+            scene = self._scene(scene_index)
+            t = int(np.random.default_rng([self.seed_offset, index]).integers(scene.num_frames))
+            layout = make_crop_layout(scene.height, scene.width, self.config)
+            crops.append(crop_frame(scene.frames[t], layout, self.config).crops)
+            targets.append(dense_targets(scene, t, layout, self.config))
+        return torch.stack(crops), stack_targets(targets)
+
+    def _scene(self, scene_index: int) -> Scene:
+        if getattr(self, "_cached", (None,))[0] != scene_index:
+            seed = self.seed_offset + scene_index
+            self._cached = (scene_index, make_scene(SceneConfig(**{**self.scene, "seed": seed})))
+        return self._cached[1]
+
+
+def stack_targets(items: Sequence[DenseTargets]) -> DenseTargets:
+    return DenseTargets({k: torch.stack([t.classes[k] for t in items]) for k in ATTRIBUTES},
+                        torch.stack([t.point for t in items]),
+                        torch.stack([t.owned for t in items]),
+                        torch.stack([t.position for t in items]))
+
+
+def pretrain(config: PretrainConfig, progress: bool = True) -> dict[str, float]:
+    """Train the ViT (as built by ``VideoMolmoModel`` from the preset) with ``DenseHeads``;
+    save it; return the held-out scores."""
+    from safetensors.torch import save_file
+    from tqdm.auto import tqdm
+    from transformers import get_cosine_schedule_with_warmup
+
+    from videomolmo_ros.model.videomolmo import VideoMolmoModel
+    from videomolmo_ros.train.tokenizer import DEFAULT_BASE_VOCAB
+    from videomolmo_ros.train.trainer import init_positions
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model_config = preset(config.preset, DEFAULT_BASE_VOCAB, **config.model_overrides)
+    torch.manual_seed(config.seed)
+    model = VideoMolmoModel(model_config)
+    init_positions(model)
+    backbone = model.vision_backbone
+    heads = DenseHeads(model_config.image_feature_dim)
+    params = list(backbone.image_vit.parameters()) + list(heads.parameters())
+    optimizer = torch.optim.AdamW(params, lr=config.lr, betas=(0.9, 0.95), eps=1e-6,
+                                  weight_decay=config.weight_decay)
+    schedule = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.steps)
+    train = FrameStream(config.scene, config.frames_per_scene, 2_000_000 + config.seed * 10 ** 7,
+                        model_config)
+    held = FrameStream(config.scene, 4, HELD_OUT_SEED_OFFSET, model_config)
+    held_crops, held_targets = held.frames(0, 4 * config.held_out_scenes)
+
+    def evaluate() -> dict[str, float]:
+        backbone.eval()
+        with torch.no_grad():
+            scores = heads.scores(backbone.encode(held_crops), held_targets)
+        backbone.train()
+        return scores
+
+    log = open(out / "log.jsonl", "w", encoding="utf-8")
+    bar = tqdm(range(config.steps), disable=not progress, unit="step", dynamic_ncols=True)
+    started = time.perf_counter()
+    for step in bar:
+        crops, targets = train.frames(step * config.frames_per_step, config.frames_per_step)
+        loss, terms = heads.losses(backbone.encode(crops), targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        schedule.step()
+        record = {"step": step + 1, "loss": float(loss.detach()), **terms,
+                  "minutes": (time.perf_counter() - started) / 60}
+        if (step + 1) % 250 == 0 or step + 1 == config.steps:
+            record.update({f"held_out_{k}": v for k, v in evaluate().items()})
+            bar.write(json.dumps({k: round(v, 3) for k, v in record.items()}))
+        log.write(json.dumps(record) + "\n")
+        log.flush()
+        bar.set_postfix(loss=f"{record['loss']:.3f}")
+    log.close()
+    scores = evaluate()
+    vit = {VIT_PREFIX + k: v.detach().contiguous()
+           for k, v in backbone.image_vit.state_dict().items()}
+    save_file(vit, str(out / WEIGHTS_NAME))
+    (out / RECIPE_NAME).write_text(json.dumps(
+        {"config": dataclasses.asdict(config), "held_out": scores}, indent=2) + "\n")
+    return scores
+
+
+def load_pretrained_vit(model: torch.nn.Module, directory: str | Path) -> None:
+    """Copy a stage-0 ViT into ``model`` (a ``VideoMolmoModel`` of the same preset)."""
+    from safetensors.torch import load_file
+
+    weights = load_file(str(Path(directory) / WEIGHTS_NAME))
+    vit = model.vision_backbone.image_vit
+    missing, unexpected = vit.load_state_dict(
+        {k[len(VIT_PREFIX):]: v for k, v in weights.items()}, strict=True)
+    if missing or unexpected:  # strict=True raises first; kept for clarity
+        raise ValueError(f"ViT weights do not match: missing {missing}, unexpected {unexpected}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    defaults = PretrainConfig(output_dir="")
+    p = argparse.ArgumentParser(prog="python -m videomolmo_ros.train.vision_pretrain",
+                                description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True)
+    p.add_argument("--preset", default=defaults.preset)
+    p.add_argument("--model-overrides", default="{}", help="JSON VideoMolmoConfig overrides")
+    p.add_argument("--scene", default="{}", help="JSON SceneConfig overrides")
+    p.add_argument("--steps", type=int, default=defaults.steps)
+    p.add_argument("--frames-per-step", type=int, default=defaults.frames_per_step)
+    p.add_argument("--frames-per-scene", type=int, default=defaults.frames_per_scene)
+    p.add_argument("--lr", type=float, default=defaults.lr)
+    p.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps)
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--no-progress", action="store_true")
+    a = p.parse_args(argv)
+    config = PretrainConfig(output_dir=a.out, preset=a.preset,
+                            model_overrides=json.loads(a.model_overrides),
+                            scene=json.loads(a.scene), steps=a.steps,
+                            frames_per_step=a.frames_per_step,
+                            frames_per_scene=a.frames_per_scene, lr=a.lr,
+                            warmup_steps=a.warmup_steps, seed=a.seed, threads=a.threads)
+    scores = pretrain(config, progress=not a.no_progress)
+    print(json.dumps({k: round(v, 4) for k, v in scores.items()}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
