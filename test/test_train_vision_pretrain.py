@@ -1,5 +1,5 @@
-"""Stage-0 ViT pre-training: per-patch targets follow the pixels through the crop geometry, the
-stage learns, and its ViT reaches the pointing trainer."""
+"""Stage-0 vision pre-training: per-patch and per-token targets follow the pixels through the
+crop geometry, the stage learns, and its vision side reaches the pointing trainer."""
 from __future__ import annotations
 
 import json
@@ -59,7 +59,8 @@ def test_targets_name_the_object_under_its_own_point():
     scene = make_scene(SceneConfig(seed=3))
     layout = make_crop_layout(scene.height, scene.width, config)
     t = 5
-    targets = dense_targets(scene, t, layout, config)
+    frame_targets = dense_targets(scene, t, layout, config)
+    targets = frame_targets.patches
     positions = targets.position[0].numpy()  # global view
     checked = 0
     for obj in scene.objects:
@@ -75,6 +76,26 @@ def test_targets_name_the_object_under_its_own_point():
         checked += 1
     assert checked >= 2
     assert (targets.classes["color"][~targets.owned] == 0).all()
+    # Tokens (2x2 windows of patches) sit at their window's centre, and the token holding an
+    # object's point is owned: by that object, unless another covers more of the window.
+    tokens = frame_targets.tokens
+    assert tokens.owned.shape == (layout.num_crops, 16)
+    token_positions = tokens.position[0].reshape(4, 4, 2).numpy()
+    patch_positions = positions.reshape(4, 2, 4, 2, 2).mean(axis=(1, 3))
+    np.testing.assert_allclose(token_positions, patch_positions, atol=1e-6)
+    matches = 0
+    for obj in scene.objects:
+        points = scene.points_for([obj.object_id], t)
+        if not points or scene.masks[t, obj.object_id].sum() < 400:
+            continue
+        point = np.array([points[0].x / scene.width, points[0].y / scene.height])
+        patch = int(np.abs(positions - point).sum(-1).argmin())
+        row, col = divmod(patch, 8)
+        token = (row // 2) * 4 + col // 2
+        assert bool(tokens.owned[0, token])
+        matches += int(tokens.classes["color"][0, token]) == \
+            ATTRIBUTES["color"].index(obj.color) + 1
+    assert matches >= 2
 
 
 def test_pretraining_learns_and_the_trainer_starts_from_its_vit(tmp_path):
@@ -87,7 +108,9 @@ def test_pretraining_learns_and_the_trainer_starts_from_its_vit(tmp_path):
     assert len(log) == 30
     assert np.mean([r["loss"] for r in log[-5:]]) < 0.7 * np.mean([r["loss"] for r in log[:5]])
     recipe = json.loads((out / "vision_pretrain.json").read_text())
-    assert 0 <= recipe["held_out"]["color_acc"] <= 1 and recipe["config"]["steps"] == 30
+    held_out = recipe["held_out"]
+    assert 0 <= held_out["token_color_acc"] <= 1 and 0 <= held_out["patch_point_error"] < 1
+    assert recipe["config"]["steps"] == 30
 
     tokenizer_dir = tmp_path / "tokenizer"
     small_tokenizer().save_pretrained(str(tokenizer_dir))
@@ -98,10 +121,15 @@ def test_pretraining_learns_and_the_trainer_starts_from_its_vit(tmp_path):
     from safetensors.torch import load_file
 
     saved = load_file(str(out / WEIGHTS_NAME))
-    vit = trainer.model.vision_backbone.image_vit.state_dict()
-    assert set(saved) == {"vision_backbone.image_vit." + k for k in vit}
-    for name, value in vit.items():
-        torch.testing.assert_close(value, saved["vision_backbone.image_vit." + name])
+    vision = trainer.model.vision_backbone.state_dict()
+    kept = {k for k in vision if not k.startswith("adapter.")}  # the temporal module is not
+    assert set(saved) == {"vision_backbone." + k for k in kept}  # part of stage 0
+    assert any(k.startswith("image_projector.") for k in kept)
+    for name in kept:
+        torch.testing.assert_close(vision[name], saved["vision_backbone." + name])
+    # The temporal module starts as the identity (f^ = f): the run begins as the stage-0 model.
+    assert trainer.model.vision_backbone.adapter is not None
+    assert not trainer.model.vision_backbone.adapter.wo.weight.any()
 
 
 def test_a_vit_of_another_size_is_refused(tmp_path):
@@ -115,7 +143,7 @@ def test_a_vit_of_another_size_is_refused(tmp_path):
                       tokenizer=str(tokenizer_dir), init_vision_from=str(out),
                       model_overrides={"vision_backbone": {"image_emb_dim": 48,
                                                            "image_head_dim": 12}})
-    with pytest.raises(RuntimeError, match="size mismatch"):
+    with pytest.raises(RuntimeError, match="size mismatch|do not match"):
         Trainer(run)
 
 
@@ -125,4 +153,4 @@ def test_command_line_writes_the_vit(tmp_path, capsys):
                  "--steps", "2", "--frames-per-step", "2", "--frames-per-scene", "2",
                  "--no-progress"]) == 0
     assert (out / WEIGHTS_NAME).is_file()
-    assert "color_acc" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert "token_point_error" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])

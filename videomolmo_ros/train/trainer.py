@@ -19,7 +19,7 @@
 * Gradient clipping at 1.0, fp32, gradient accumulation.
 * Initialisation from scratch: the model's own init, plus Xavier-normal pooling and projector
   (``init_connector``: the std-0.02 default lets almost no image signal reach the LLM at step
-  0), optionally the ViT of a stage-0 pre-training (``init_vision_from``, see
+  0), optionally the vision side of a stage-0 pre-training (``init_vision_from``, see
   ``train.vision_pretrain``). ``init_from`` starts from a trained model instead (curriculum
   stages).
 * Seeded and reproducible: the initial weights follow ``seed``; samples are a pure function of
@@ -89,8 +89,8 @@ class TrainConfig:
     # Start from this model (release layout + tokenizer; e.g. an earlier curriculum stage)
     # with a fresh optimizer and schedule; its config.json replaces preset/model_overrides.
     init_from: str | None = None
-    # A stage-0 ViT (``train.vision_pretrain``) for a run from scratch: our stand-in for the
-    # pre-trained CLIP that Molmo starts from.
+    # A stage-0 vision side (``train.vision_pretrain``: ViT, pooling, projector) for a run from
+    # scratch: our stand-in for the pre-trained CLIP (and connector) that Molmo starts from.
     init_vision_from: str | None = None
     # Every this many steps, held-out grounding signals go into the log (``train.monitor``);
     # 0 = never.
@@ -258,9 +258,16 @@ class Trainer:
             if config.init_positions:
                 init_positions(self.model)
             if config.init_vision_from:
-                from videomolmo_ros.train.vision_pretrain import load_pretrained_vit
+                from videomolmo_ros.train.vision_pretrain import load_pretrained_vision
 
-                load_pretrained_vit(self.model, config.init_vision_from)
+                load_pretrained_vision(self.model, config.init_vision_from)
+                adapter = self.model.vision_backbone.adapter
+                if adapter is not None:
+                    # Our choice, not the paper's (its module is Xavier throughout): with a
+                    # pre-trained vision side, a zero output projection makes the temporal
+                    # run start as exactly that single-frame model (f^ = f) instead of
+                    # perturbing the features the LLM must learn to read.
+                    torch.nn.init.zeros_(adapter.wo.weight)
         check_layout(self.tokenizer, self.model.config.embedding_size)
         self.dataset = PointingDataset(config.data, self.model.config, self.tokenizer)
         self.optimizer = torch.optim.AdamW(

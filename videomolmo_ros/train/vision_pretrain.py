@@ -41,8 +41,12 @@ from videomolmo_ros.train.presets import preset
 
 WEIGHTS_NAME = "vision.safetensors"
 RECIPE_NAME = "vision_pretrain.json"
-VIT_PREFIX = "vision_backbone.image_vit."
-MIN_COVERAGE = 0.1  # a patch belongs to the object covering at least this fraction of it
+VISION_PREFIX = "vision_backbone."
+# A patch belongs to the object covering most of it, if that is at least this fraction of it;
+# a 2x2 token likewise at a lower bar, so that a small object (radius 4 px in a 112 px view,
+# about 6% of a token) still owns the token it is in.
+MIN_PATCH_COVERAGE = 0.1
+MIN_TOKEN_COVERAGE = 0.03
 ATTRIBUTES: dict[str, tuple[str, ...]] = {
     "color": tuple(COLORS), "shape": SHAPES, "size": SIZES, "texture": TEXTURES}
 HELD_OUT_SEED_OFFSET = 500_000  # held-out scenes: below the pointing stage's 1,000,000
@@ -92,9 +96,9 @@ def view_positions(layout: CropLayout, config: VideoMolmoConfig) -> np.ndarray:
 
 @dataclass
 class DenseTargets:
-    """Per-patch targets of one frame (T crops, P patches): class indices (0 = background,
-    -100 = ignored), ``point`` (T, P, 2) the owner's point as a fraction of the frame (valid
-    where ``owned``), ``position`` (T, P, 2) the patch centre as a fraction of the frame."""
+    """Targets of one frame at one level (T crops, N units: patches, or pooled image tokens):
+    class indices (0 = background), ``point`` (T, N, 2) the owner's point as a fraction of
+    the frame (valid where ``owned``), ``position`` (T, N, 2) the unit's centre, likewise."""
 
     classes: dict[str, torch.Tensor]
     point: torch.Tensor
@@ -102,23 +106,49 @@ class DenseTargets:
     position: torch.Tensor
 
 
-def dense_targets(scene: Scene, t: int, layout: CropLayout,
-                  config: VideoMolmoConfig) -> DenseTargets:
-    """What the ViT should read off each patch of frame t of ``scene``."""
-    coverage = view_coverage(scene.masks[t], layout, config)  # (T, P, N)
+@dataclass
+class FrameTargets:
+    """Per-patch targets (read from the ViT features) and per-token targets (read from the
+    image embeddings the LLM receives, one per 2x2 pooling window)."""
+
+    patches: DenseTargets
+    tokens: DenseTargets
+
+
+def _targets(coverage: np.ndarray, positions: np.ndarray, scene: Scene, points: np.ndarray,
+             min_coverage: float) -> DenseTargets:
     owner = coverage.argmax(-1)
-    owned = coverage.max(-1) >= MIN_COVERAGE
+    owned = coverage.max(-1) >= min_coverage
+    classes = {}
+    for name, values in ATTRIBUTES.items():
+        per_object = np.asarray([values.index(getattr(o, name)) + 1 for o in scene.objects])
+        classes[name] = torch.from_numpy(np.where(owned, per_object[owner], 0).astype(np.int64))
+    return DenseTargets(classes, torch.from_numpy(points[owner].astype(np.float32)),
+                        torch.from_numpy(owned), torch.from_numpy(positions.astype(np.float32)))
+
+
+def dense_targets(scene: Scene, t: int, layout: CropLayout,
+                  config: VideoMolmoConfig) -> FrameTargets:
+    """What the vision side should make readable, per patch and per image token, in frame t."""
+    from videomolmo_ros.model.temporal import to_windows
+
+    coverage = view_coverage(scene.masks[t], layout, config)  # (T, P, N)
+    positions = view_positions(layout, config)  # (T, P, 2)
     points = np.zeros((scene.num_objects, 2), np.float32)
     for obj in scene.objects:
         found = scene.points_for([obj.object_id], t)
         if found:
             points[obj.object_id] = (found[0].x / scene.width, found[0].y / scene.height)
-    classes = {}
-    for name, values in ATTRIBUTES.items():
-        per_object = np.asarray([values.index(getattr(o, name)) + 1 for o in scene.objects])
-        classes[name] = torch.from_numpy(np.where(owned, per_object[owner], 0).astype(np.int64))
-    return DenseTargets(classes, torch.from_numpy(points[owner]), torch.from_numpy(owned),
-                        torch.from_numpy(view_positions(layout, config)))
+    grid = config.vision_backbone.image_num_patch
+    pool = (config.image_pooling_h, config.image_pooling_w)
+
+    def pooled(values: np.ndarray) -> np.ndarray:  # (T, P, C) -> (T, K, C), window means
+        windows = to_windows(torch.from_numpy(values)[None], grid, pool).mean(1)
+        return windows.reshape(values.shape[0], -1, values.shape[-1]).numpy()
+
+    return FrameTargets(_targets(coverage, positions, scene, points, MIN_PATCH_COVERAGE),
+                        _targets(pooled(coverage), pooled(positions), scene, points,
+                                 MIN_TOKEN_COVERAGE))
 
 
 class DenseHeads(nn.Module):
@@ -140,9 +170,11 @@ class DenseHeads(nn.Module):
             logits = head(features)
             terms[name] = F.cross_entropy(logits.flatten(0, 2), targets.classes[name].flatten())
         owned = targets.owned
-        # Points and positions as fractions of the frame, errors scaled to ~tenths of it.
-        terms["point"] = F.smooth_l1_loss(self.point(features)[owned] * 10,
-                                          targets.point[owned] * 10)
+        # Points and positions as fractions of the frame, errors scaled to ~tenths of it; the
+        # point twice as finely: the pointing answer needs it to a few percent.
+        terms["point"] = (F.smooth_l1_loss(self.point(features)[owned] * 20,
+                                           targets.point[owned] * 20)
+                          if owned.any() else features.sum() * 0.0)
         terms["position"] = F.smooth_l1_loss(self.position(features) * 10,
                                              targets.position * 10)
         return sum(terms.values()), {k: float(v.detach()) for k, v in terms.items()}
@@ -156,7 +188,8 @@ class DenseHeads(nn.Module):
         for name, head in self.classifiers.items():
             predicted = head(features).argmax(-1)
             out[f"{name}_acc"] = float((predicted == targets.classes[name])[owned].float().mean())
-            out["background_acc"] = float((predicted == 0)[~owned].float().mean())
+            if name == "color":
+                out["background_acc"] = float((predicted == 0)[~owned].float().mean())
         error = (self.point(features)[owned] - targets.point[owned]).abs().mean(-1)
         out["point_error"] = float(error.mean())
         return out
@@ -188,7 +221,7 @@ class FrameStream:
         self.scene, self.frames_per_scene = scene, frames_per_scene
         self.seed_offset, self.config = seed_offset, model_config
 
-    def frames(self, first: int, count: int) -> tuple[torch.Tensor, DenseTargets]:
+    def frames(self, first: int, count: int) -> tuple[torch.Tensor, FrameTargets]:
         crops, targets = [], []
         for index in range(first, first + count):
             scene_index, within = divmod(index, self.frames_per_scene)
@@ -206,35 +239,79 @@ class FrameStream:
         return self._cached[1]
 
 
-def stack_targets(items: Sequence[DenseTargets]) -> DenseTargets:
-    return DenseTargets({k: torch.stack([t.classes[k] for t in items]) for k in ATTRIBUTES},
-                        torch.stack([t.point for t in items]),
-                        torch.stack([t.owned for t in items]),
-                        torch.stack([t.position for t in items]))
+def stack_targets(items: Sequence[FrameTargets]) -> FrameTargets:
+    def stack(level: Sequence[DenseTargets]) -> DenseTargets:
+        return DenseTargets({k: torch.stack([t.classes[k] for t in level]) for k in ATTRIBUTES},
+                            torch.stack([t.point for t in level]),
+                            torch.stack([t.owned for t in level]),
+                            torch.stack([t.position for t in level]))
+
+    return FrameTargets(stack([t.patches for t in items]), stack([t.tokens for t in items]))
+
+
+class VisionPretrainer(nn.Module):
+    """The vision side of a ``VideoMolmoModel`` without its temporal module (ViT, pooling,
+    projector) plus the stage-0 read-outs: ``patch_heads`` on the ViT features,
+    ``token_heads`` on the image embeddings the LLM will receive."""
+
+    def __init__(self, model_config: VideoMolmoConfig, seed: int = 0) -> None:
+        super().__init__()
+        from videomolmo_ros.model.videomolmo import VideoMolmoModel
+        from videomolmo_ros.train.trainer import init_connector, init_positions
+
+        torch.manual_seed(seed)
+        model = VideoMolmoModel(model_config)
+        init_connector(model)
+        init_positions(model)
+        self.backbone = model.vision_backbone
+        self.backbone.adapter = None  # trained in the pointing stage, from history frames
+        self.patch_heads = DenseHeads(model_config.image_feature_dim)
+        self.token_heads = DenseHeads(model_config.hidden_size)
+
+    def forward(self, crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """crops (B, T, P, D) -> patch features (B, T, P, C), image embeddings (B, T, K, d)."""
+        features = self.backbone.encode(crops)
+        return features, self.backbone.image_embeddings(features, None)
+
+    def losses(self, crops: torch.Tensor, targets: FrameTargets
+               ) -> tuple[torch.Tensor, dict[str, float]]:
+        features, tokens = self(crops)
+        patch_loss, patch_terms = self.patch_heads.losses(features, targets.patches)
+        token_loss, token_terms = self.token_heads.losses(tokens, targets.tokens)
+        terms = {**{f"patch_{k}": v for k, v in patch_terms.items()},
+                 **{f"token_{k}": v for k, v in token_terms.items()}}
+        return patch_loss + token_loss, terms
+
+    @torch.no_grad()
+    def scores(self, crops: torch.Tensor, targets: FrameTargets) -> dict[str, float]:
+        features, tokens = self(crops)
+        return {**{f"patch_{k}": v for k, v in self.patch_heads.scores(
+                    features, targets.patches).items()},
+                **{f"token_{k}": v for k, v in self.token_heads.scores(
+                    tokens, targets.tokens).items()}}
+
+    def vision_state_dict(self) -> dict[str, torch.Tensor]:
+        """The trained vision side, named as in ``VideoMolmoModel`` (``vision_backbone.*``)."""
+        return {VISION_PREFIX + k: v.detach().contiguous()
+                for k, v in self.backbone.state_dict().items()}
 
 
 def pretrain(config: PretrainConfig, progress: bool = True) -> dict[str, float]:
-    """Train the ViT (as built by ``VideoMolmoModel`` from the preset) with ``DenseHeads``;
-    save it; return the held-out scores."""
+    """Train the vision side of the preset with the dense read-outs; save it; return the
+    held-out scores."""
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
     from transformers import get_cosine_schedule_with_warmup
 
-    from videomolmo_ros.model.videomolmo import VideoMolmoModel
     from videomolmo_ros.train.tokenizer import DEFAULT_BASE_VOCAB
-    from videomolmo_ros.train.trainer import init_positions
 
     if config.threads:
         torch.set_num_threads(config.threads)
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     model_config = preset(config.preset, DEFAULT_BASE_VOCAB, **config.model_overrides)
-    torch.manual_seed(config.seed)
-    model = VideoMolmoModel(model_config)
-    init_positions(model)
-    backbone = model.vision_backbone
-    heads = DenseHeads(model_config.image_feature_dim)
-    params = list(backbone.image_vit.parameters()) + list(heads.parameters())
+    model = VisionPretrainer(model_config, config.seed).train()
+    params = list(model.parameters())
     optimizer = torch.optim.AdamW(params, lr=config.lr, betas=(0.9, 0.95), eps=1e-6,
                                   weight_decay=config.weight_decay)
     schedule = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.steps)
@@ -244,10 +321,9 @@ def pretrain(config: PretrainConfig, progress: bool = True) -> dict[str, float]:
     held_crops, held_targets = held.frames(0, 4 * config.held_out_scenes)
 
     def evaluate() -> dict[str, float]:
-        backbone.eval()
-        with torch.no_grad():
-            scores = heads.scores(backbone.encode(held_crops), held_targets)
-        backbone.train()
+        model.eval()
+        scores = model.scores(held_crops, held_targets)
+        model.train()
         return scores
 
     log = open(out / "log.jsonl", "w", encoding="utf-8")
@@ -255,7 +331,7 @@ def pretrain(config: PretrainConfig, progress: bool = True) -> dict[str, float]:
     started = time.perf_counter()
     for step in bar:
         crops, targets = train.frames(step * config.frames_per_step, config.frames_per_step)
-        loss, terms = heads.losses(backbone.encode(crops), targets)
+        loss, terms = model.losses(crops, targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -265,30 +341,33 @@ def pretrain(config: PretrainConfig, progress: bool = True) -> dict[str, float]:
                   "minutes": (time.perf_counter() - started) / 60}
         if (step + 1) % 250 == 0 or step + 1 == config.steps:
             record.update({f"held_out_{k}": v for k, v in evaluate().items()})
-            bar.write(json.dumps({k: round(v, 3) for k, v in record.items()}))
+            bar.write(json.dumps({k: round(v, 3) for k, v in record.items()
+                                  if k == "step" or k.startswith("held_out")}))
         log.write(json.dumps(record) + "\n")
         log.flush()
         bar.set_postfix(loss=f"{record['loss']:.3f}")
     log.close()
     scores = evaluate()
-    vit = {VIT_PREFIX + k: v.detach().contiguous()
-           for k, v in backbone.image_vit.state_dict().items()}
-    save_file(vit, str(out / WEIGHTS_NAME))
+    save_file(model.vision_state_dict(), str(out / WEIGHTS_NAME))
     (out / RECIPE_NAME).write_text(json.dumps(
         {"config": dataclasses.asdict(config), "held_out": scores}, indent=2) + "\n")
     return scores
 
 
-def load_pretrained_vit(model: torch.nn.Module, directory: str | Path) -> None:
-    """Copy a stage-0 ViT into ``model`` (a ``VideoMolmoModel`` of the same preset)."""
+def load_pretrained_vision(model: torch.nn.Module, directory: str | Path) -> None:
+    """Copy a stage-0 vision side (ViT, pooling, projector) into ``model``, a
+    ``VideoMolmoModel`` of the same preset; its temporal module, if any, is left as it is.
+    Raises RuntimeError when the shapes differ."""
     from safetensors.torch import load_file
 
     weights = load_file(str(Path(directory) / WEIGHTS_NAME))
-    vit = model.vision_backbone.image_vit
-    missing, unexpected = vit.load_state_dict(
-        {k[len(VIT_PREFIX):]: v for k, v in weights.items()}, strict=True)
-    if missing or unexpected:  # strict=True raises first; kept for clarity
-        raise ValueError(f"ViT weights do not match: missing {missing}, unexpected {unexpected}")
+    backbone = model.vision_backbone
+    state = {k[len(VISION_PREFIX):]: v for k, v in weights.items()}
+    mine = {k for k in backbone.state_dict() if not k.startswith("adapter.")}
+    if set(state) != mine:
+        raise RuntimeError(f"vision weights do not match the model: missing "
+                           f"{sorted(mine - set(state))}, unexpected {sorted(set(state) - mine)}")
+    backbone.load_state_dict(state, strict=False)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
