@@ -1,0 +1,60 @@
+"""Shipping a run: fp16 release layout that loads back, the tokenizer, and a recipe that names
+every stage it came from without any path of this machine."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from videomolmo_ros.model import loading  # noqa: E402
+from videomolmo_ros.train.ship import ship  # noqa: E402
+from videomolmo_ros.train.testing import TINY_SCENE, small_tokenizer, tiny_data  # noqa: E402
+from videomolmo_ros.train.trainer import TrainConfig, Trainer  # noqa: E402
+from videomolmo_ros.train.vision_pretrain import PretrainConfig, pretrain  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+def test_ship_a_two_stage_run(tmp_path):
+    vision = tmp_path / "vision"
+    pretrain(PretrainConfig(output_dir=str(vision), preset="tiny", scene=dict(TINY_SCENE),
+                            steps=1, frames_per_step=2, frames_per_scene=2, held_out_scenes=1),
+             progress=False)
+    tokenizer_dir = tmp_path / "tokenizer"
+    small_tokenizer().save_pretrained(str(tokenizer_dir))
+    common = dict(preset="tiny", data=tiny_data(), steps=1, batch_frames=1, grad_accum=1,
+                  save_every=1)
+    first = tmp_path / "stage1"
+    Trainer(TrainConfig(output_dir=str(first), tokenizer=str(tokenizer_dir),
+                        init_vision_from=str(vision), **common)).train(progress=False)
+    second = tmp_path / "stage2"
+    Trainer(TrainConfig(output_dir=str(second), init_from=str(first), **common)).train(
+        progress=False)
+
+    shipped = ship(second, tmp_path / "shipped")
+    (shipped / "README.md").write_text("card")
+    shipped = ship(second, tmp_path / "shipped")  # a re-ship keeps the hand-written card
+    assert (shipped / "README.md").read_text() == "card"
+    assert (shipped / "tokenizer.json").is_file()
+
+    text = (shipped / "training.json").read_text()
+    assert str(tmp_path) not in text
+    recipe = json.loads(text)
+    assert recipe["config"]["output_dir"] == "out/stage2"
+    assert recipe["config"]["init_from"] == "out/stage1"
+    assert [s["stage"] for s in recipe["stages"]] == ["vision_pretrain", "train"]
+    assert recipe["stages"][1]["config"]["init_vision_from"] == "out/vision"
+
+    from safetensors import safe_open
+
+    files = list(shipped.glob("*.safetensors"))
+    with safe_open(str(files[0]), "pt") as f:
+        assert all(f.get_tensor(k).dtype == torch.float16 for k in f.keys())
+    original = loading.load_videomolmo(str(second))
+    loaded = loading.load_videomolmo(str(shipped))
+    for (name, a), (_, b) in zip(original.state_dict().items(), loaded.state_dict().items()):
+        assert b.dtype == torch.float32, name
+        torch.testing.assert_close(a.half().float(), b, msg=name)

@@ -1,0 +1,18 @@
+"""Where the small VideoMolmo this project trains ships: ``weights/videomolmo-small`` inside
+the package, with its model card ``README.md`` (written there by ``train.ship``). Once a
+trained model meets issue 4's targets it becomes the node's and the demo's default model.
+
+It is the published architecture at a small size, trained here from scratch on the synthetic
+referring videos (``python -m videomolmo_ros.train``), so it understands the synthetic scenes'
+language and nothing else; real footage needs the published checkpoint (``model.path``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+SHIPPED_MODEL_NAME = "videomolmo-small"
+
+
+def shipped_model_dir() -> Path:
+    """Where the shipped model lives (installed along with the Python package)."""
+    return Path(__file__).resolve().parent.parent / "weights" / SHIPPED_MODEL_NAME

@@ -1,0 +1,88 @@
+"""``python -m videomolmo_ros.train.ship RUN_DIR``: make a trained model the shipped one.
+
+Writes the model of RUN_DIR (the output of ``python -m videomolmo_ros.train``) into the package's
+``weights/videomolmo-small`` (``model.shipped``): release layout with the tensors in float16 (half
+the size; the loader casts them back to float32), the tokenizer and the recipe
+(``training.json``) with the recipes of every stage it started from (``stages``: the stage-0
+vision pre-training, earlier curriculum stages), the paths of this machine replaced by
+``out/NAME``. The model card (``README.md`` there) is written by hand and kept.
+Evaluate the shipped copy, not the run's, since the fp16 rounding is part of what ships.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from videomolmo_ros.model import loading
+from videomolmo_ros.model.shipped import shipped_model_dir
+from videomolmo_ros.train.trainer import RECIPE_NAME
+
+KEEP = ("README.md",)  # hand-written files of the destination that survive a re-ship
+PATH_KEYS = ("output_dir", "init_from", "init_vision_from", "tokenizer")
+
+
+def portable(config: dict[str, Any]) -> dict[str, Any]:
+    """A run config with its directories named ``out/NAME`` (no path of this machine)."""
+    return {k: (f"out/{Path(v).name}" if k in PATH_KEYS and isinstance(v, str) and v else v)
+            for k, v in config.items()}
+
+
+def recipe_chain(run_dir: Path) -> dict[str, Any]:
+    """The run's ``training.json`` (portable), with ``stages``: the recipes of the runs it
+    started from, oldest first, as far as their directories still exist."""
+    recipe = json.loads((run_dir / RECIPE_NAME).read_text())
+    stages: list[dict[str, Any]] = []
+    config = recipe["config"]
+    while True:
+        vision = config.get("init_vision_from")
+        if vision and (Path(vision) / "vision_pretrain.json").is_file():
+            stage = json.loads((Path(vision) / "vision_pretrain.json").read_text())
+            stage["config"] = portable(stage["config"])
+            stages.insert(0, {"stage": "vision_pretrain", **stage})
+        parent = config.get("init_from")
+        if not parent or not (Path(parent) / RECIPE_NAME).is_file():
+            break
+        earlier = json.loads((Path(parent) / RECIPE_NAME).read_text())
+        stages.insert(0, {"stage": "train", "config": portable(earlier["config"]),
+                          "step": earlier.get("step"), "final_loss": earlier.get("final_loss")})
+        config = earlier["config"]
+    return {**recipe, "config": portable(recipe["config"]), "stages": stages}
+
+
+def ship(run_dir: str | Path, destination: str | Path | None = None,
+         dtype: torch.dtype = torch.float16) -> Path:
+    """Copy the model of ``run_dir`` into ``destination`` (default: the shipped model's
+    folder), replacing everything there but ``KEEP``. Returns the destination."""
+    run_dir = Path(run_dir)
+    destination = Path(destination) if destination is not None else shipped_model_dir()
+    model = loading.load_videomolmo(str(run_dir))
+    tokenizer = loading.load_tokenizer(str(run_dir))
+    recipe = recipe_chain(run_dir)
+    if destination.exists():
+        for path in destination.iterdir():
+            if path.name not in KEEP:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+    loading.save_release_layout(model, destination, dtype=dtype)
+    tokenizer.save_pretrained(str(destination))
+    (destination / RECIPE_NAME).write_text(json.dumps(recipe, indent=2) + "\n")
+    return destination
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", help="a finished training run (its final model)")
+    parser.add_argument("--out", default=None, help="destination (default: the shipped model)")
+    args = parser.parse_args(argv)
+    destination = ship(args.run_dir, args.out)
+    size = sum(p.stat().st_size for p in destination.iterdir() if p.is_file())
+    print(f"shipped {args.run_dir} -> {destination} ({size / 1e6:.1f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
