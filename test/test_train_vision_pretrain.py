@@ -54,6 +54,17 @@ def test_patch_positions_span_the_frame_in_the_global_view():
         pytest.approx(15 / 16)
 
 
+def clearly_visible(scene, t, positions):
+    """(object, its point as a fraction of the frame, the global-view patch holding it) for the
+    objects of frame t with at least 400 visible pixels."""
+    for obj in scene.objects:
+        points = scene.points_for([obj.object_id], t)
+        if not points or scene.masks[t, obj.object_id].sum() < 400:
+            continue
+        point = np.array([points[0].x / scene.width, points[0].y / scene.height])
+        yield obj, point, int(np.abs(positions - point).sum(-1).argmin())
+
+
 def test_targets_name_the_object_under_its_own_point():
     config = tiny()
     scene = make_scene(SceneConfig(seed=3))
@@ -63,12 +74,7 @@ def test_targets_name_the_object_under_its_own_point():
     targets = frame_targets.patches
     positions = targets.position[0].numpy()  # global view
     checked = 0
-    for obj in scene.objects:
-        points = scene.points_for([obj.object_id], t)
-        if not points or scene.masks[t, obj.object_id].sum() < 400:
-            continue
-        point = np.array([points[0].x / scene.width, points[0].y / scene.height])
-        patch = int(np.abs(positions - point).sum(-1).argmin())  # the patch holding the point
+    for obj, point, patch in clearly_visible(scene, t, positions):
         assert bool(targets.owned[0, patch])
         for name, values in ATTRIBUTES.items():
             assert int(targets.classes[name][0, patch]) == values.index(getattr(obj, name)) + 1
@@ -84,12 +90,7 @@ def test_targets_name_the_object_under_its_own_point():
     patch_positions = positions.reshape(4, 2, 4, 2, 2).mean(axis=(1, 3))
     np.testing.assert_allclose(token_positions, patch_positions, atol=1e-6)
     matches = 0
-    for obj in scene.objects:
-        points = scene.points_for([obj.object_id], t)
-        if not points or scene.masks[t, obj.object_id].sum() < 400:
-            continue
-        point = np.array([points[0].x / scene.width, points[0].y / scene.height])
-        patch = int(np.abs(positions - point).sum(-1).argmin())
+    for obj, _, patch in clearly_visible(scene, t, positions):
         row, col = divmod(patch, 8)
         token = (row // 2) * 4 + col // 2
         assert bool(tokens.owned[0, token])

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import time
 from dataclasses import dataclass, field
@@ -152,8 +153,9 @@ def dense_targets(scene: Scene, t: int, layout: CropLayout,
 
 
 class DenseHeads(nn.Module):
-    """Linear read-outs from ViT patch features: one classifier per attribute (+ background),
-    the owner's point (2) and the patch position (2). Thrown away after pre-training."""
+    """Linear read-outs from per-unit features (ViT patches, or the image tokens the LLM
+    receives): one classifier per attribute (+ background), the owner's point (2) and the
+    unit's position (2). Thrown away after pre-training."""
 
     def __init__(self, feature_dim: int) -> None:
         super().__init__()
@@ -197,6 +199,8 @@ class DenseHeads(nn.Module):
 
 @dataclass
 class PretrainConfig:
+    """Everything a stage-0 run depends on (saved in ``vision_pretrain.json``)."""
+
     output_dir: str
     preset: str = "small"
     model_overrides: dict[str, Any] = field(default_factory=dict)
@@ -220,23 +224,22 @@ class FrameStream:
                  model_config: VideoMolmoConfig) -> None:
         self.scene, self.frames_per_scene = scene, frames_per_scene
         self.seed_offset, self.config = seed_offset, model_config
+        # Consecutive frames share a scene: keep the last one generated.
+        self._scene = functools.lru_cache(maxsize=1)(self._make_scene)
 
     def frames(self, first: int, count: int) -> tuple[torch.Tensor, FrameTargets]:
         crops, targets = [], []
         for index in range(first, first + count):
-            scene_index, within = divmod(index, self.frames_per_scene)
-            scene = self._scene(scene_index)
+            scene = self._scene(index // self.frames_per_scene)
             t = int(np.random.default_rng([self.seed_offset, index]).integers(scene.num_frames))
             layout = make_crop_layout(scene.height, scene.width, self.config)
             crops.append(crop_frame(scene.frames[t], layout, self.config).crops)
             targets.append(dense_targets(scene, t, layout, self.config))
         return torch.stack(crops), stack_targets(targets)
 
-    def _scene(self, scene_index: int) -> Scene:
-        if getattr(self, "_cached", (None,))[0] != scene_index:
-            seed = self.seed_offset + scene_index
-            self._cached = (scene_index, make_scene(SceneConfig(**{**self.scene, "seed": seed})))
-        return self._cached[1]
+    def _make_scene(self, scene_index: int) -> Scene:
+        seed = self.seed_offset + scene_index
+        return make_scene(SceneConfig(**{**self.scene, "seed": seed}))
 
 
 def stack_targets(items: Sequence[FrameTargets]) -> FrameTargets:
