@@ -64,7 +64,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, argparse
                    help="start from this trained model (fresh optimizer and schedule), e.g. the "
                         "output of an earlier curriculum stage")
     p.add_argument("--init-vision-from", default=None,
-                   help="start the ViT from a stage-0 pre-training (train.vision_pretrain --out)")
+                   help="start ViT, pooling and projector from a stage-0 pre-training "
+                        "(train.vision_pretrain --out)")
     p.add_argument("--monitor-every", type=int, default=t.monitor_every,
                    help="log held-out grounding signals every N steps (train.monitor); 0 = off")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

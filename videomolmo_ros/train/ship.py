@@ -21,6 +21,7 @@ import torch
 from videomolmo_ros.model import loading
 from videomolmo_ros.model.shipped import shipped_model_dir
 from videomolmo_ros.train.trainer import RECIPE_NAME
+from videomolmo_ros.train.vision_pretrain import RECIPE_NAME as VISION_RECIPE_NAME
 
 KEEP = ("README.md",)  # hand-written files of the destination that survive a re-ship
 PATH_KEYS = ("output_dir", "init_from", "init_vision_from", "tokenizer")
@@ -40,8 +41,9 @@ def recipe_chain(run_dir: Path) -> dict[str, Any]:
     config = recipe["config"]
     while True:
         vision = config.get("init_vision_from")
-        if vision and (Path(vision) / "vision_pretrain.json").is_file():
-            stage = json.loads((Path(vision) / "vision_pretrain.json").read_text())
+        vision_recipe = Path(vision) / VISION_RECIPE_NAME if vision else None
+        if vision_recipe is not None and vision_recipe.is_file():
+            stage = json.loads(vision_recipe.read_text())
             stage["config"] = portable(stage["config"])
             stages.insert(0, {"stage": "vision_pretrain", **stage})
         parent = config.get("init_from")

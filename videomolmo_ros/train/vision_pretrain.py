@@ -1,20 +1,22 @@
-"""Stage 0: pre-train the small model's ViT on dense synthetic targets (our stand-in for CLIP).
+"""Stage 0: pre-train the small model's vision side on dense synthetic targets (our stand-in
+for CLIP).
 
 VideoMolmo starts from Molmo, whose ViT is a pre-trained CLIP: its patch features already say
 what is where before the LLM ever learns to point. Trained from scratch end to end, our small
 model had to discover that from a few digits of point text and never did (issue 4, sessions 1
 and 2: coordinates stayed at chance for 3,000 steps). No CLIP of our size exists to download,
-so this stage gives the ViT what CLIP would: per-patch features from which a *linear* read-out
-recovers, for the object most covering the patch, its colour, shape, size and texture, and the
-image position of its point (the point the pointing answer names), plus the patch's own
-position. The pointing stage (``train``) then starts from this ViT (``init_vision_from``).
+so this stage gives the vision side (ViT, 2x2 pooling, projector; not the temporal module) what
+CLIP would: features of every patch and of every image token the LLM receives from which a
+*linear* read-out recovers, for the object most covering it, its colour, shape, size and
+texture, and the image position of its point (the point the pointing answer names), plus the
+unit's own position. The pointing stage (``train``) then starts from it (``init_vision_from``).
 
 Targets are computed by passing the ground-truth masks through the same resize / pad / crop
 geometry as the pixels (``preprocessing.resize_and_pad``), so a patch's label is about exactly
 the pixels it sees, in every crop of the layout.
 
 CLI: ``python -m videomolmo_ros.train.vision_pretrain --out DIR --steps N`` writes
-``vision.safetensors`` (the ViT, named as in ``VideoMolmoModel``), ``vision_pretrain.json``
+``vision.safetensors`` (the vision side, named as in ``VideoMolmoModel``), ``vision_pretrain.json``
 (recipe and held-out scores) and ``log.jsonl``.
 """
 from __future__ import annotations
