@@ -153,8 +153,20 @@ def test_init_from_a_trained_model_and_connector_init(tmp_path, tokenizer_dir):
     assert single.model.vision_backbone.adapter is None
     assert not single.model.config.temporal.enabled
     single.train(progress=False)
-    with pytest.raises(ValueError, match="temporal"):  # a module cannot be made up
-        Trainer(run_config(tmp_path / "g", tokenizer_dir, init_from=str(tmp_path / "c")))
+    # the temporal twin of a single-frame stage: the module is added as the identity (f^ = f)
+    twin = Trainer(run_config(tmp_path / "g", tokenizer_dir, init_from=str(tmp_path / "c")))
+    adapter = twin.model.vision_backbone.adapter
+    assert twin.model.config.temporal.enabled and adapter is not None
+    assert not adapter.wo.weight.any() and adapter.wq.weight.any()
+    batch = twin.batches(0)[0]
+    assert batch.history.shape[1] == twin.config.data.history_frames > 0
+    with torch.no_grad():
+        features = twin.model.encode_frame(batch.crops)
+        history = [twin.model.encode_frame(batch.history[:, i])
+                   for i in range(batch.history.shape[1])]
+        torch.testing.assert_close(twin.model.image_embeddings(features, history),
+                                   single.model.image_embeddings(features))
+    assert any(p is adapter.wo.weight for g in twin.optimizer.param_groups for p in g["params"])
     # the connector init makes image features reach the LLM at the scale of the embeddings
     scaled = Trainer(run_config(tmp_path / "d", tokenizer_dir)).model
     plain = Trainer(run_config(tmp_path / "e", tokenizer_dir, init_connector=False)).model

@@ -47,6 +47,7 @@ import torch.nn.functional as F
 
 from videomolmo_ros.model import loading
 from videomolmo_ros.model.config import VideoMolmoConfig
+from videomolmo_ros.model.temporal import TemporalModule
 from videomolmo_ros.model.videomolmo import VideoMolmoModel
 from videomolmo_ros.train.dataset import (IGNORE_INDEX, Batch, DataConfig, PointingDataset,
                                           collate)
@@ -222,6 +223,16 @@ def init_positions(model: VideoMolmoModel) -> None:
 
 
 # ---------------------------------------------------------------------------------- trainer
+def start_as_identity(adapter: TemporalModule) -> None:
+    """Zero the temporal module's output projection, so f^ = f at the start.
+
+    Our choice, not the paper's (its module is Xavier throughout): on a trained vision side the
+    run starts as exactly that single-frame model instead of perturbing the features the LLM
+    must learn to read; gradients still reach wo through its input, so the module can grow.
+    """
+    torch.nn.init.zeros_(adapter.wo.weight)
+
+
 class Trainer:
     """Builds (or resumes) a run and trains it; see the module docstring."""
 
@@ -242,6 +253,12 @@ class Trainer:
                 # sharing an earlier stage): the module goes, the rest is kept.
                 self.model.vision_backbone.adapter = None
                 self.model.config.temporal.enabled = has_temporal = False
+            if checkpoint is None and config.temporal and not has_temporal:
+                # A temporal run started from a single-frame stage (the temporal twin of a
+                # shared curriculum): the module is added as the identity (see start_as_identity).
+                self.model.config.temporal.enabled = has_temporal = True
+                self.model.vision_backbone.adapter = TemporalModule(self.model.config)
+                start_as_identity(self.model.vision_backbone.adapter)
             if has_temporal != config.temporal:
                 raise ValueError(f"{source} has temporal={not config.temporal}, the run wants "
                                  f"temporal={config.temporal}")
@@ -261,13 +278,8 @@ class Trainer:
                 from videomolmo_ros.train.vision_pretrain import load_pretrained_vision
 
                 load_pretrained_vision(self.model, config.init_vision_from)
-                adapter = self.model.vision_backbone.adapter
-                if adapter is not None:
-                    # Our choice, not the paper's (its module is Xavier throughout): with a
-                    # pre-trained vision side, a zero output projection makes the temporal
-                    # run start as exactly that single-frame model (f^ = f) instead of
-                    # perturbing the features the LLM must learn to read.
-                    torch.nn.init.zeros_(adapter.wo.weight)
+                if self.model.vision_backbone.adapter is not None:
+                    start_as_identity(self.model.vision_backbone.adapter)
         check_layout(self.tokenizer, self.model.config.embedding_size)
         self.dataset = PointingDataset(config.data, self.model.config, self.tokenizer)
         self.optimizer = torch.optim.AdamW(
