@@ -5,7 +5,8 @@ import pytest
 
 from videomolmo_ros.data.synthetic import SceneConfig, make_scene
 from videomolmo_ros.pointers.oracle import OraclePointer
-from videomolmo_ros.train.evaluate import evaluate_pointer, format_table, keyframes
+from videomolmo_ros.train.evaluate import (RandomPointer, evaluate_pointer, format_table,
+                                         keyframes, main)
 
 SCENE = {"width": 128, "height": 96, "num_frames": 10}
 
@@ -44,3 +45,22 @@ def test_silence_scores_only_zero_counts():
             for t in ts for e in scene.expressions if e.kind == "counting"]
     assert result["counting"]["ema"] == pytest.approx(sum(zero) / len(zero))
     assert result["counting"]["f1"] == pytest.approx(sum(zero) / len(zero))
+
+
+def test_chance_is_far_below_the_oracle_and_counts_one():
+    scene = make_scene(SceneConfig(seed=11, **SCENE))
+    oracle = evaluate_pointer(OraclePointer(scene, min_visible_pixels=1), [11], 2, scene=SCENE)
+    chance = evaluate_pointer(RandomPointer(seed=3), [11], 2, scene=SCENE)
+    assert chance["all"]["queries"] == oracle["all"]["queries"]
+    assert chance["all"]["f1"] < 0.5 * oracle["all"]["f1"]
+    ts = keyframes(scene.num_frames, 2, 4)
+    ones = [int(scene.masks[t, list(e.object_ids)].any(axis=(1, 2)).sum()) == 1
+            for t in ts for e in scene.expressions if e.kind == "counting"]
+    assert chance["counting"]["ema"] == pytest.approx(sum(ones) / len(ones))
+
+
+def test_cli_refuses_a_bad_scene_with_a_message(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["some-model", "--scene", '{"not_a_field": 1}'])
+    assert exit_info.value.code == 2
+    assert "--scene" in capsys.readouterr().err

@@ -23,9 +23,28 @@ from typing import Any, Sequence
 import numpy as np
 
 from videomolmo_ros.core.metrics import counting_metrics, point_precision_recall_f1
+from videomolmo_ros.core.points import Point
 from videomolmo_ros.data.synthetic import KINDS, SceneConfig, make_scene
 
 DEFAULT_EVAL_SEEDS = range(900_000, 900_000 + 10)  # held out: below the training seed range
+
+
+class RandomPointer:
+    """Chance level: one uniformly random point per query (what the table's scores mean
+    without a model; for counting it always answers one)."""
+
+    history_frames = 0
+
+    def __init__(self, seed: int = 0) -> None:
+        self.rng = np.random.default_rng(seed)
+
+    def encode(self, frame: Any) -> None:
+        return None
+
+    def point(self, frame: Any, features: Any, history: Any, queries: Sequence[str]) -> list:
+        height, width = frame.image.shape[:2]
+        return [[Point(float(self.rng.uniform(0, width)), float(self.rng.uniform(0, height)))]
+                for _ in queries]
 
 
 def keyframes(num_frames: int, count: int, first: int) -> list[int]:
@@ -108,16 +127,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--scenes", type=int, default=10, help="held-out scenes")
     parser.add_argument("--first-seed", type=int, default=DEFAULT_EVAL_SEEDS[0])
     parser.add_argument("--keyframes", type=int, default=3, help="keyframes per scene")
+    parser.add_argument("--scene", default="{}",
+                        help="JSON object of SceneConfig overrides (default: the standard scenes)")
+    parser.add_argument("--chance", action="store_true",
+                        help="also score random points on the same queries")
     parser.add_argument("--json", help="also write the scores here")
     args = parser.parse_args(argv)
+    try:
+        scene = json.loads(args.scene)
+        SceneConfig(**scene)
+    except (ValueError, TypeError) as error:
+        parser.error(f"--scene: {error}")
+    seeds = range(args.first_seed, args.first_seed + args.scenes)
     pointer = VideoMolmoPointer.from_pretrained(args.model, max_new_tokens=120)
-    result = evaluate_pointer(pointer, range(args.first_seed, args.first_seed + args.scenes),
-                              args.keyframes)
-    print(format_table(result))
-    print(f"({result['seconds']:.1f} s)")
+    results = {"model": evaluate_pointer(pointer, seeds, args.keyframes, scene)}
+    if args.chance:
+        results["chance"] = evaluate_pointer(RandomPointer(), seeds, args.keyframes, scene)
+    for name, result in results.items():
+        print(f"{name} ({result['seconds']:.1f} s)")
+        print(format_table(result))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump(result, handle, indent=2)
+            json.dump(results if args.chance else results["model"], handle, indent=2)
     return 0
 
 
