@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from videomolmo_ros.model import loading  # noqa: E402
-from videomolmo_ros.train.ship import ship  # noqa: E402
+from videomolmo_ros.train.ship import portable_path, ship  # noqa: E402
 from videomolmo_ros.train.testing import TINY_SCENE, small_tokenizer, tiny_data  # noqa: E402
 from videomolmo_ros.train.trainer import TrainConfig, Trainer  # noqa: E402
 from videomolmo_ros.train.vision_pretrain import PretrainConfig, pretrain  # noqa: E402
@@ -58,3 +58,9 @@ def test_ship_a_two_stage_run(tmp_path):
     for (name, a), (_, b) in zip(original.state_dict().items(), loaded.state_dict().items()):
         assert b.dtype == torch.float32, name
         torch.testing.assert_close(a.half().float(), b, msg=name)
+
+
+def test_portable_paths_keep_the_run_and_checkpoint_names(tmp_path):
+    assert portable_path(str(tmp_path / "G2")) == "out/G2"
+    assert (portable_path(str(tmp_path / "G2" / "checkpoints" / "step-001000"))
+            == "out/G2/checkpoints/step-001000")

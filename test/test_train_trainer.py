@@ -199,3 +199,21 @@ def test_grounding_monitor_goes_into_the_log(tmp_path, tokenizer_dir):
                            "held_out_none_recall"}
     assert all(0.0 <= v <= 1.0 for v in scores.values() if v == v)  # nan: none to score
     assert scores["held_out_first_digit"] == scores["held_out_first_digit"]  # points exist
+
+
+def test_cli_stop_after_leaves_a_checkpoint_on_the_full_schedule(tmp_path, tokenizer_dir,
+                                                                  capsys):
+    out = tmp_path / "run"
+    args = ["--out", str(out), "--preset", "tiny", "--steps", "3", "--batch-frames", "1",
+            "--grad-accum", "1", "--queries-per-frame", "1", "--tokenizer", tokenizer_dir,
+            "--scene", json.dumps(TINY_SCENE), "--no-progress", "--save-every", "5"]
+    assert main(args + ["--stop-after", "1"]) == 0
+    checkpoint = out / "checkpoints" / "step-000001"
+    assert str(checkpoint) in capsys.readouterr().out
+    assert not (out / "training.json").exists()  # not a finished run
+    recipe = json.loads((checkpoint / "training.json").read_text())
+    assert recipe["step"] == 1 and recipe["config"]["steps"] == 3
+    assert loading.load_videomolmo(str(checkpoint)).vision_backbone.adapter is not None
+    with pytest.raises(SystemExit) as exit_info:
+        main(args + ["--stop-after", "4"])
+    assert exit_info.value.code == 2

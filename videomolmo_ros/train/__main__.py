@@ -14,7 +14,7 @@ from typing import Sequence
 from videomolmo_ros.data.synthetic import KINDS
 from videomolmo_ros.train.dataset import DataConfig
 from videomolmo_ros.train.presets import PRESETS
-from videomolmo_ros.train.trainer import TrainConfig, Trainer
+from videomolmo_ros.train.trainer import CHECKPOINTS, TrainConfig, Trainer
 
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, argparse.Namespace]:
@@ -68,8 +68,13 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, argparse
                         "(train.vision_pretrain --out)")
     p.add_argument("--monitor-every", type=int, default=t.monitor_every,
                    help="log held-out grounding signals every N steps (train.monitor); 0 = off")
+    p.add_argument("--stop-after", type=int, default=None,
+                   help="stop at this step (the schedule stays that of --steps); the model is "
+                        "then DIR/checkpoints/step-NNNNNN, a start for --init-from")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
+    if a.stop_after is not None and not 0 < a.stop_after <= a.steps:
+        p.error(f"--stop-after must be in 1..--steps ({a.steps}), not {a.stop_after}")
     data = DataConfig(seed=a.data_seed, scene=json.loads(a.scene), pool_size=a.pool_size,
                       frames_per_scene=a.frames_per_scene, interleave=a.interleave,
                       queries_per_frame=a.queries_per_frame, history_frames=a.history_frames,
@@ -92,10 +97,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     trainer = Trainer(config, resume=args.resume)
     if trainer.step:
         print(f"resumed at step {trainer.step}", file=sys.stderr)
-    losses = trainer.train(progress=not args.no_progress)
+    losses = trainer.train(steps=args.stop_after, progress=not args.no_progress)
     if losses:
-        print(f"steps {trainer.step}: loss {losses[0]:.4f} -> {losses[-1]:.4f}; "
-              f"model in {config.output_dir}")
+        where = (config.output_dir if trainer.step >= config.steps
+                 else trainer.output / CHECKPOINTS / f"step-{trainer.step:06d}")
+        print(f"steps {trainer.step}: loss {losses[0]:.4f} -> {losses[-1]:.4f}; model in {where}")
     return 0
 
 

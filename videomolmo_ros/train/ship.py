@@ -20,16 +20,25 @@ import torch
 
 from videomolmo_ros.model import loading
 from videomolmo_ros.model.shipped import shipped_model_dir
-from videomolmo_ros.train.trainer import RECIPE_NAME
+from videomolmo_ros.train.trainer import CHECKPOINTS, RECIPE_NAME
 from videomolmo_ros.train.vision_pretrain import RECIPE_NAME as VISION_RECIPE_NAME
 
 KEEP = ("README.md",)  # hand-written files of the destination that survive a re-ship
 PATH_KEYS = ("output_dir", "init_from", "init_vision_from", "tokenizer")
 
 
+def portable_path(path: str) -> str:
+    """``out/NAME`` for a run directory, ``out/NAME/checkpoints/step-N`` for a checkpoint."""
+    path = Path(path)
+    if path.parent.name == CHECKPOINTS:
+        return f"out/{path.parent.parent.name}/{CHECKPOINTS}/{path.name}"
+    return f"out/{path.name}"
+
+
 def portable(config: dict[str, Any]) -> dict[str, Any]:
-    """A run config with its directories named ``out/NAME`` (no path of this machine)."""
-    return {k: (f"out/{Path(v).name}" if k in PATH_KEYS and isinstance(v, str) and v else v)
+    """A run config with its directories named as in ``portable_path`` (no path of this
+    machine)."""
+    return {k: (portable_path(v) if k in PATH_KEYS and isinstance(v, str) and v else v)
             for k, v in config.items()}
 
 
