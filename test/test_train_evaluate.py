@@ -64,3 +64,10 @@ def test_cli_refuses_a_bad_scene_with_a_message(capsys):
         main(["some-model", "--scene", '{"not_a_field": 1}'])
     assert exit_info.value.code == 2
     assert "--scene" in capsys.readouterr().err
+
+
+def test_cli_refuses_a_missing_model_with_a_message(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / "no-such-model")])
+    assert exit_info.value.code == 2
+    assert "cannot load the model" in capsys.readouterr().err

@@ -139,7 +139,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, TypeError) as error:
         parser.error(f"--scene: {error}")
     seeds = range(args.first_seed, args.first_seed + args.scenes)
-    pointer = VideoMolmoPointer.from_pretrained(args.model, max_new_tokens=120)
+    try:
+        pointer = VideoMolmoPointer.from_pretrained(args.model, max_new_tokens=120)
+    except (OSError, ValueError) as error:
+        parser.error(f"cannot load the model {args.model!r}: {error}")
     results = {"model": evaluate_pointer(pointer, seeds, args.keyframes, scene)}
     if args.chance:
         results["chance"] = evaluate_pointer(RandomPointer(), seeds, args.keyframes, scene)
