@@ -39,6 +39,7 @@ def test_oracle_scores_one():
 
 def test_silence_scores_only_zero_counts():
     result = evaluate_pointer(Silent(), [11], 2, scene=SCENE)
+    assert result["distinct_answers"] < 0.5  # the same (empty) answer to every query
     scene = make_scene(SceneConfig(seed=11, **SCENE))
     ts = keyframes(scene.num_frames, 2, 4)
     zero = [not scene.masks[t, list(e.object_ids)].any() if e.object_ids else True
@@ -52,6 +53,8 @@ def test_chance_is_far_below_the_oracle_and_counts_one():
     oracle = evaluate_pointer(OraclePointer(scene, min_visible_pixels=1), [11], 2, scene=SCENE)
     chance = evaluate_pointer(RandomPointer(seed=3), [11], 2, scene=SCENE)
     assert chance["all"]["queries"] == oracle["all"]["queries"]
+    assert chance["distinct_answers"] == 1.0  # random points never coincide
+    assert "distinct answers" in format_table(chance)
     assert chance["all"]["f1"] < 0.5 * oracle["all"]["f1"]
     ts = keyframes(scene.num_frames, 2, 4)
     ones = [int(scene.masks[t, list(e.object_ids)].any(axis=(1, 2)).sum()) == 1

@@ -57,11 +57,17 @@ def evaluate_pointer(pointer: Any, seeds: Sequence[int] = DEFAULT_EVAL_SEEDS,
                      keyframes_per_scene: int = 3, scene: dict[str, Any] | None = None,
                      kinds: Sequence[str] = KINDS, first_keyframe: int = 4) -> dict[str, Any]:
     """Scores per kind: {"attribute": {"precision", "recall", "f1", "queries"}, ...,
-    "counting": {... + "ema", "mae"}, "all": {...}, "seconds": wall time}."""
+    "counting": {... + "ema", "mae"}, "all": {...}, "distinct_answers", "seconds": wall time}.
+
+    distinct_answers: per keyframe, the number of different answers over the number of queries
+    (mean over keyframes): 1/n for a model that answers every query of a frame alike, i.e.
+    does not read the query; near 1 when it does (most queries name different objects).
+    """
     started = time.perf_counter()
     per_kind: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
     counts: dict[str, tuple[list[int], list[int]]] = defaultdict(lambda: ([], []))  # pred, gt
     history_frames = getattr(pointer, "history_frames", 4)
+    distinct: list[float] = []  # per keyframe: distinct answers / queries
     for seed in seeds:
         synthetic = make_scene(SceneConfig(**{**(scene or {}), "seed": int(seed)}))
         expressions = [e for e in synthetic.expressions if e.kind in kinds]
@@ -78,6 +84,8 @@ def evaluate_pointer(pointer: Any, seeds: Sequence[int] = DEFAULT_EVAL_SEEDS,
             history = [encoded(i) for i in range(t - 1, max(t - 1 - history_frames, -1), -1)]
             answers = pointer.point(synthetic.frame(t), encoded(t), history,
                                     [e.text for e in expressions])
+            distinct.append(len({tuple((round(p.x), round(p.y)) for p in points)
+                                 for points in answers}) / len(answers))
             for expression, points in zip(expressions, answers):
                 visible = [oid for oid in expression.object_ids if synthetic.masks[t, oid].any()]
                 scores = point_precision_recall_f1([(p.x, p.y) for p in points],
@@ -101,6 +109,8 @@ def evaluate_pointer(pointer: Any, seeds: Sequence[int] = DEFAULT_EVAL_SEEDS,
         result["all"] = {"precision": float(array[:, 0].mean()),
                          "recall": float(array[:, 1].mean()), "f1": float(array[:, 2].mean()),
                          "queries": len(everything)}
+    if distinct:
+        result["distinct_answers"] = float(np.mean(distinct))
     result["seconds"] = time.perf_counter() - started
     return result
 
@@ -116,6 +126,9 @@ def format_table(result: dict[str, Any]) -> str:
         mae = f"{r['mae']:.3f}" if "mae" in r else "-"
         lines.append(f"{kind:<10} {r['queries']:>7} {r['precision']:>6.3f} {r['recall']:>6.3f} "
                      f"{r['f1']:>6.3f} {ema:>6} {mae:>6}")
+    if "distinct_answers" in result:
+        lines.append(f"distinct answers per keyframe: {result['distinct_answers']:.2f} of the "
+                     "queries (1/n = the query is ignored)")
     return "\n".join(lines)
 
 
