@@ -1,6 +1,7 @@
 """How fast the small model's LLM learns to look something up in an image, per learning rate.
 
     python benchmarks/retrieval_lr.py                       # 2e-4 5e-4 1e-3 2e-3, 600 steps
+    python benchmarks/retrieval_lr.py --objects 1 4 --lrs 2e-4   # binding: the text says which
 
 The bare decoder of ``train.presets.small`` (transformers' Qwen2 blocks, the model's own std-0.02
 init, AdamW (0.9, 0.95), clipping 1.0) on the core of pointing, with no vision side: a prefix of
@@ -10,6 +11,13 @@ the LLM must name the position of the marked token (32 classes, chance 0.03). Pr
 accuracy every 100 steps, per learning rate, measured side by side in one run. This is why
 ``TrainConfig`` defaults to 2e-4: at 2e-3 the full model's loss fell smoothly for thousands of
 steps (it learned the answer format) while it never learned to use the image.
+
+``--objects K`` marks K tokens with K different object vectors and the text names one of them:
+the LLM must bind the word to the token carrying that vector (what "the red object" among
+several objects asks, and what the trained models do not do yet). K = 1 is the task above,
+where the word can be ignored. Measured (batch 16, 1,200 steps): K = 1 reaches 1.00 by step
+400 at 2e-4, while K = 3 stays at 1/K (0.30-0.37 at 2e-4, 0.28-0.30 at 5e-4, 0.19-0.26 at
+1e-3): the LLM finds the marked tokens but does not learn which one the word names.
 """
 from __future__ import annotations
 
@@ -36,13 +44,16 @@ class Task:
         self.positions = torch.randn(TOKENS, width, generator=generator) * 4 / math.sqrt(width)
         self.objects = torch.randn(CLASSES, width, generator=generator) * 12 / math.sqrt(width)
 
-    def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, size: int, objects: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """``objects`` marked tokens (distinct positions and vectors); the text names the first."""
         g = self.generator
         image = torch.randn(size, TOKENS, self.width, generator=g) * 2 / math.sqrt(self.width)
         image = image + self.positions[None]
-        where = torch.randint(0, TOKENS, (size,), generator=g)
-        what = torch.randint(0, CLASSES, (size,), generator=g)
-        image[torch.arange(size), where] += self.objects[what]
+        places = torch.rand(size, TOKENS, generator=g).argsort(1)[:, :objects]  # (B, K)
+        kinds = torch.rand(size, CLASSES, generator=g).argsort(1)[:, :objects]  # (B, K)
+        rows = torch.arange(size)[:, None].expand(-1, objects)
+        image[rows, places] += self.objects[kinds]
+        where, what = places[:, 0], kinds[:, 0]
         image = F.rms_norm(image, (self.width,))
         text = torch.stack([torch.full((size,), 50), 40 + what, torch.full((size,), 51)], 1)
         bos = torch.zeros(size, 1, dtype=torch.long)
@@ -50,7 +61,8 @@ class Task:
         return torch.cat([embed(bos), image, embed(text)], 1), where
 
 
-def run(lr: float, steps: int, batch: int, seed: int, every: int) -> list[float]:
+def run(lr: float, steps: int, batch: int, seed: int, every: int,
+        objects: int = 1) -> list[float]:
     from transformers.models.qwen2.modeling_qwen2 import Qwen2Model
 
     torch.manual_seed(seed)
@@ -67,7 +79,7 @@ def run(lr: float, steps: int, batch: int, seed: int, every: int) -> list[float]
     task = Task(llm, config.hidden_size, seed)
     accuracies = []
     for step in range(1, steps + 1):
-        inputs, target = task.batch(batch)
+        inputs, target = task.batch(batch, objects)
         loss = F.cross_entropy(head(llm(inputs_embeds=inputs).last_hidden_state[:, -1]), target)
         optimizer.zero_grad()
         loss.backward()
@@ -75,7 +87,7 @@ def run(lr: float, steps: int, batch: int, seed: int, every: int) -> list[float]
         optimizer.step()
         if step % every == 0:
             with torch.no_grad():
-                inputs, target = task.batch(256)
+                inputs, target = task.batch(256, objects)
                 logits = head(llm(inputs_embeds=inputs).last_hidden_state[:, -1])
                 accuracies.append(float((logits.argmax(-1) == target).float().mean()))
     return accuracies
@@ -89,17 +101,23 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--objects", type=int, nargs="+", default=[1],
+                        help="marked tokens per image, the text naming one (1 = no binding)")
     args = parser.parse_args()
+    if not all(1 <= k <= CLASSES for k in args.objects):
+        parser.error(f"--objects must be in 1..{CLASSES}")
     torch.set_num_threads(args.threads)
-    print(f"held-out accuracy of finding the marked token among {TOKENS} (chance "
-          f"{1 / TOKENS:.2f}), small preset's LLM, batch {args.batch}")
-    print("lr       " + " ".join(f"{s:>6}" for s in range(args.every, args.steps + 1,
-                                                          args.every)) + "   seconds")
-    for lr in args.lrs:
-        started = time.perf_counter()
-        accuracies = run(lr, args.steps, args.batch, args.seed, args.every)
-        print(f"{lr:<8.0e} " + " ".join(f"{a:>6.2f}" for a in accuracies)
-              + f"   {time.perf_counter() - started:.0f}")
+    print(f"held-out accuracy of finding the named token among {TOKENS} (chance "
+          f"{1 / TOKENS:.2f}; 1/K once the marked ones are found), small preset's LLM, "
+          f"batch {args.batch}")
+    print("K lr       " + " ".join(f"{s:>6}" for s in range(args.every, args.steps + 1,
+                                                            args.every)) + "   seconds")
+    for objects in args.objects:
+        for lr in args.lrs:
+            started = time.perf_counter()
+            accuracies = run(lr, args.steps, args.batch, args.seed, args.every, objects)
+            print(f"{objects} {lr:<8.0e} " + " ".join(f"{a:>6.2f}" for a in accuracies)
+                  + f"   {time.perf_counter() - started:.0f}")
 
 
 if __name__ == "__main__":
