@@ -14,7 +14,7 @@ from typing import Sequence
 from videomolmo_ros.data.synthetic import KINDS
 from videomolmo_ros.train.dataset import DataConfig
 from videomolmo_ros.train.presets import PRESETS
-from videomolmo_ros.train.trainer import CHECKPOINTS, TrainConfig, Trainer
+from videomolmo_ros.train.trainer import TrainConfig, Trainer
 
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, argparse.Namespace]:
@@ -99,8 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"resumed at step {trainer.step}", file=sys.stderr)
     losses = trainer.train(steps=args.stop_after, progress=not args.no_progress)
     if losses:
-        where = (config.output_dir if trainer.step >= config.steps
-                 else trainer.output / CHECKPOINTS / f"step-{trainer.step:06d}")
+        where = config.output_dir if trainer.step >= config.steps else trainer.checkpoint_path()
         print(f"steps {trainer.step}: loss {losses[0]:.4f} -> {losses[-1]:.4f}; model in {where}")
     return 0
 

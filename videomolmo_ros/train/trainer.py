@@ -376,11 +376,15 @@ class Trainer:
         return self.losses[-(self.step - start):] if self.step > start else []
 
     # ------------------------------------------------------------------------ checkpoints
+    def checkpoint_path(self) -> Path:
+        """Where the checkpoint of the current step is (or goes)."""
+        return self.output / CHECKPOINTS / f"step-{self.step:06d}"
+
     def save_checkpoint(self) -> Path:
         """``checkpoints/step-NNNNNN``: release-layout model, tokenizer, trainer state; written
         to a temporary name and renamed, older ones pruned to ``keep_checkpoints``."""
-        root = self.output / CHECKPOINTS
-        final = root / f"step-{self.step:06d}"
+        final = self.checkpoint_path()
+        root = final.parent
         partial = root / f".partial-{self.step:06d}"
         shutil.rmtree(partial, ignore_errors=True)
         self.export(partial)
