@@ -217,3 +217,50 @@ def test_cli_stop_after_leaves_a_checkpoint_on_the_full_schedule(tmp_path, token
     with pytest.raises(SystemExit) as exit_info:
         main(args + ["--stop-after", "4"])
     assert exit_info.value.code == 2
+
+
+def test_query_recall_loss_targets_the_distinct_query_tokens():
+    from videomolmo_ros.train.trainer import query_recall_loss
+
+    logits = torch.randn(3, 10)
+    tokens = torch.tensor([[4, 7, 4], [-1, -1, -1], [2, -1, -1]])  # a repeat, none, one
+    expected = -(torch.log_softmax(logits[0], -1)[[4, 7]].mean()
+                 + torch.log_softmax(logits[2], -1)[2])
+    assert torch.allclose(query_recall_loss(logits, tokens), expected)
+    assert float(query_recall_loss(logits, torch.full((3, 2), -1))) == 0.0
+
+
+def test_batches_carry_each_segment_query_tokens():
+    tokenizer = small_tokenizer()
+    dataset = PointingDataset(tiny_data(), tiny(), tokenizer)
+    samples = [dataset[0], dataset[1]]
+    batch = collate(samples, tokenizer.pad_token_id)
+    for b, sample in enumerate(samples):
+        assert len(sample.query_tokens) == len(sample.queries) >= 1
+        for j, query in enumerate(sample.queries, start=1):
+            row = batch.query_tokens[b, j]
+            assert row[row >= 0].tolist() == tokenizer.encode(" " + query,
+                                                              add_special_tokens=False)
+            assert bool((batch.segments[b] == j).any())
+        assert bool((batch.query_tokens[b, 0] == -1).all())
+
+
+def test_query_recall_run_resumes_exactly_and_exports_no_extra_weights(tmp_path, tokenizer_dir):
+    full = Trainer(run_config(tmp_path / "full", tokenizer_dir, query_recall=0.5))
+    losses_full = full.train(progress=False)
+    plain = Trainer(run_config(tmp_path / "plain", tokenizer_dir))
+    assert plain.train(progress=False)[0] == losses_full[0]  # "loss" is the answer loss alone
+    assert losses_full[1:] != plain.losses[1:]  # the extra loss changed the updates
+    records = [json.loads(line)
+               for line in (tmp_path / "full" / LOG_NAME).read_text().splitlines()]
+    assert all(r["query_recall_loss"] > 0 for r in records)
+    first = Trainer(run_config(tmp_path / "split", tokenizer_dir, query_recall=0.5))
+    first.train(steps=2, progress=False)
+    del first
+    resumed = Trainer(run_config(tmp_path / "split", tokenizer_dir, query_recall=0.5),
+                      resume=True)
+    assert resumed.train(progress=False) == losses_full[2:]
+    with pytest.raises(ValueError, match="changed"):
+        Trainer(run_config(tmp_path / "split", tokenizer_dir), resume=True)
+    exported = loading.read_tensors(str(tmp_path / "full"))
+    assert exported.keys() == loading.read_tensors(str(tmp_path / "plain")).keys()

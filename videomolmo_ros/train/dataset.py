@@ -123,6 +123,9 @@ class Sample:
     answers: list[str]
     scene_seed: int
     frame_index: int
+    # Token ids of each query's own text (segment i at index i - 1; empty for a caption):
+    # the targets of the trainer's optional query-recall loss.
+    query_tokens: list[list[int]] = field(default_factory=list)
 
     @property
     def num_answer_tokens(self) -> int:
@@ -217,7 +220,7 @@ class PointingDataset(torch.utils.data.Dataset):
         prefix, image_index = self.preprocessor.prompt(layout, [], self.bos_id)
         ids, labels, positions, segments = [prefix], [torch.full_like(prefix, IGNORE_INDEX)], \
             [torch.arange(len(prefix))], [torch.zeros_like(prefix)]
-        queries, answers = [], []
+        queries, answers, query_tokens = [], [], []
         segments_qa = [(e.text, answer_text(scene.points_for(e.object_ids, t), scene.width,
                                             scene.height, e.text), pointing_instruction(e.text))
                        for e in expressions]
@@ -234,9 +237,11 @@ class PointingDataset(torch.utils.data.Dataset):
             segments.append(torch.full_like(segment, j))
             queries.append(query)
             answers.append(answer)
+            query_tokens.append([] if query == CAPTION_PROMPT else
+                                self.tokenizer.encode(" " + query, add_special_tokens=False))
         return Sample(keyframe.crops, history, torch.cat(ids), torch.cat(labels),
                       torch.cat(positions), torch.cat(segments), image_index, queries, answers,
-                      scene.config.seed, t)
+                      scene.config.seed, t, query_tokens)
 
 
 @dataclass
@@ -246,7 +251,9 @@ class Batch:
     crops: (B, T, P, D). history: (B, l, T, P, D). input_ids, labels, position_ids: (B, L).
     attention_mask: (B, 1, L, L) bool, True = may attend (causal, within the image prefix and
     the token's own query segment; a padding token sees only itself). image_input_idx:
-    (B, T, K). num_answer_tokens: tokens carrying loss.
+    (B, T, K). num_answer_tokens: tokens carrying loss. segments: (B, L), 0 = image prefix,
+    i = query i, -1 = padding. query_tokens: (B, S + 1, Q) the token ids of each segment's
+    query text (row 0 and padding -1).
     """
 
     crops: torch.Tensor
@@ -258,6 +265,8 @@ class Batch:
     image_input_idx: torch.Tensor
     num_answer_tokens: int
     num_queries: int
+    segments: torch.Tensor | None = None
+    query_tokens: torch.Tensor | None = None
 
 
 def segment_attention_mask(segments: torch.Tensor) -> torch.Tensor:
@@ -279,6 +288,12 @@ def collate(samples: Sequence[Sample], pad_id: int) -> Batch:
         return torch.stack([torch.cat([v, v.new_full((length - len(v),), fill)]) for v in values])
 
     segments = pad([s.segments for s in samples], -1)
+    rows = max(len(s.query_tokens) for s in samples) + 1
+    width = max([len(q) for s in samples for q in s.query_tokens] + [1])
+    query_tokens = torch.full((len(samples), rows, width), -1, dtype=torch.long)
+    for b, sample in enumerate(samples):
+        for j, tokens in enumerate(sample.query_tokens, start=1):
+            query_tokens[b, j, :len(tokens)] = torch.tensor(tokens, dtype=torch.long)
     return Batch(
         crops=torch.stack([s.crops for s in samples]),
         history=torch.stack([s.history for s in samples]),
@@ -289,4 +304,6 @@ def collate(samples: Sequence[Sample], pad_id: int) -> Batch:
         image_input_idx=torch.stack([s.image_input_idx for s in samples]),
         num_answer_tokens=sum(s.num_answer_tokens for s in samples),
         num_queries=sum(len(s.queries) for s in samples),
+        segments=segments,
+        query_tokens=query_tokens,
     )

@@ -96,6 +96,8 @@ class TrainConfig:
     # Every this many steps, held-out grounding signals go into the log (``train.monitor``);
     # 0 = never.
     monitor_every: int = 0
+    # Weight of the query-recall loss (``query_recall_loss``); 0 = the paper's loss alone.
+    query_recall: float = 0.0
 
     def __post_init__(self) -> None:
         if isinstance(self.data, dict):
@@ -107,6 +109,8 @@ class TrainConfig:
         for name in ("steps", "batch_frames", "grad_accum"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.query_recall < 0:
+            raise ValueError("query_recall must be >= 0")
 
     @property
     def frames_per_step(self) -> int:
@@ -165,14 +169,47 @@ def packed_hidden(model: VideoMolmoModel, batch: Batch) -> torch.Tensor:
                      position_ids=batch.position_ids).last_hidden_state
 
 
-def answer_loss(model: VideoMolmoModel, batch: Batch) -> torch.Tensor:
+def answer_loss(model: VideoMolmoModel, batch: Batch,
+                recall_head: torch.nn.Module | None = None) -> Any:
     """Summed cross-entropy over the answer tokens of ``batch`` (divide by the token count);
-    the LM head runs only where a label follows."""
+    the LM head runs only where a label follows. With ``recall_head``: the pair (answer loss,
+    summed ``query_recall_loss``) from the same forward pass."""
     hidden = packed_hidden(model, batch)
     targets = batch.labels[:, 1:]
     keep = targets != IGNORE_INDEX
-    logits = model.lm_head(hidden[:, :-1][keep])  # (N, embedding_size)
-    return F.cross_entropy(logits.float(), targets[keep], reduction="sum")
+    readout = hidden[:, :-1][keep]  # (N, d): the positions that predict an answer token
+    logits = model.lm_head(readout)  # (N, embedding_size)
+    loss = F.cross_entropy(logits.float(), targets[keep], reduction="sum")
+    if recall_head is None:
+        return loss
+    rows, _ = keep.nonzero(as_tuple=True)
+    segments = batch.segments[:, :-1][keep]
+    return loss, query_recall_loss(recall_head(readout).float(), batch.query_tokens[rows, segments])
+
+
+def query_recall_loss(logits: torch.Tensor, query_tokens: torch.Tensor) -> torch.Tensor:
+    """Summed cross-entropy of ``logits`` (N, V) against the uniform distribution over the
+    distinct ids of ``query_tokens`` (N, Q; -1 = none; rows without ids are skipped).
+
+    Why: at every position that predicts point text, a training-only linear head must name the
+    words of the query. The paper has no such loss; its LLM is pre-trained and already carries
+    the query to where it answers. A small LLM trained from scratch on point text alone learns
+    where objects are but not which one the words name (``benchmarks/retrieval_lr.py
+    --objects K`` stays at chance 1/K among K named objects), because the words must first be
+    copied forward to the answering position and neither half of that two-step circuit is
+    rewarded before the other exists. This loss rewards the copy directly (the same probe then
+    reaches 0.99). Not shipped: the head is dropped on export.
+    """
+    valid = query_tokens >= 0
+    rows = valid.any(1)
+    if not bool(rows.any()):
+        return logits.sum() * 0.0
+    logits, query_tokens, valid = logits[rows], query_tokens[rows], valid[rows]
+    target = torch.zeros_like(logits)
+    target.scatter_(1, query_tokens.clamp(min=0), valid.to(logits.dtype))
+    target = (target > 0).to(logits.dtype)
+    target = target / target.sum(1, keepdim=True)
+    return -(target * F.log_softmax(logits, dim=-1)).sum()
 
 
 @torch.no_grad()
@@ -282,10 +319,17 @@ class Trainer:
                     start_as_identity(self.model.vision_backbone.adapter)
         check_layout(self.tokenizer, self.model.config.embedding_size)
         self.dataset = PointingDataset(config.data, self.model.config, self.tokenizer)
-        self.optimizer = torch.optim.AdamW(
-            parameter_groups(self.model, config.lr_llm, config.lr_vision,
-                             config.weight_decay), betas=config.betas,
-            eps=config.eps, weight_decay=config.weight_decay)
+        groups = parameter_groups(self.model, config.lr_llm, config.lr_vision,
+                                  config.weight_decay)
+        self.recall_head: torch.nn.Linear | None = None
+        if config.query_recall > 0:  # training only (see query_recall_loss); not exported
+            self.recall_head = torch.nn.Linear(self.model.config.hidden_size,
+                                               self.model.config.embedding_size, bias=False)
+            torch.nn.init.normal_(self.recall_head.weight, std=0.02)
+            groups.append({"params": list(self.recall_head.parameters()), "lr": config.lr_llm,
+                           "name": "recall_head", "weight_decay": config.weight_decay})
+        self.optimizer = torch.optim.AdamW(groups, betas=config.betas,
+                                           eps=config.eps, weight_decay=config.weight_decay)
         from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
         self.scheduler = get_cosine_with_min_lr_schedule_with_warmup(
@@ -317,23 +361,31 @@ class Trainer:
         data_time = time.perf_counter() - started
         tokens = sum(b.num_answer_tokens for b in batches)
         self.optimizer.zero_grad(set_to_none=True)
-        total = 0.0
+        total = recall = 0.0
         for batch in batches:
-            loss = answer_loss(self.model, batch)
+            if self.recall_head is None:
+                loss = answer_loss(self.model, batch)
+            else:
+                loss, recall_sum = answer_loss(self.model, batch, self.recall_head)
+                loss = loss + self.config.query_recall * recall_sum
+                recall += float(recall_sum.detach())
             (loss / tokens).backward()
             total += float(loss.detach())
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(),
-                                                   self.config.max_grad_norm)
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)
         lrs = [group["lr"] for group in self.optimizer.param_groups]
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
         elapsed = time.perf_counter() - started
         frames = self.config.frames_per_step
-        record = {"step": self.step, "loss": total / tokens, "grad_norm": float(grad_norm),
+        answer = (total - self.config.query_recall * recall) / tokens
+        record = {"step": self.step, "loss": answer, "grad_norm": float(grad_norm),
                   "lr_llm": lrs[0], "lr_vision": lrs[1], "tokens": tokens,
                   "queries": sum(b.num_queries for b in batches), "frames": frames,
                   "seconds": elapsed, "data_seconds": data_time}
+        if self.recall_head is not None:
+            record["query_recall_loss"] = recall / tokens
         self.losses.append(record["loss"])
         return record
 
@@ -391,7 +443,10 @@ class Trainer:
         torch.save({"step": self.step, "optimizer": self.optimizer.state_dict(),
                     "scheduler": self.scheduler.state_dict(),
                     "torch_rng": torch.get_rng_state(), "losses": list(self.losses),
-                    "config": self.config.to_dict()}, partial / STATE_NAME)
+                    "config": self.config.to_dict(),
+                    "recall_head": (self.recall_head.state_dict()
+                                    if self.recall_head is not None else None)},
+                   partial / STATE_NAME)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(partial, final)
         kept = sorted(p for p in root.glob("step-*") if p.is_dir())
@@ -401,13 +456,19 @@ class Trainer:
 
     def _load_state(self, checkpoint: Path) -> None:
         state = torch.load(checkpoint / STATE_NAME, map_location="cpu", weights_only=True)
-        saved = state["config"]
+        saved = {"query_recall": 0.0, **state["config"]}  # older checkpoints lack it
         mine = self.config.to_dict()
         changed = [k for k in ("data", "batch_frames", "grad_accum", "preset", "temporal",
-                               "model_overrides", "seed", "init_from", "init_vision_from")
+                               "model_overrides", "seed", "init_from", "init_vision_from",
+                               "query_recall")
                    if saved.get(k) != mine.get(k)]
         if changed:
             raise ValueError(f"cannot resume {checkpoint}: the run changed {changed}")
+        if self.recall_head is not None:
+            if state.get("recall_head") is None:
+                raise ValueError(f"cannot resume {checkpoint}: it was trained without "
+                                 "query_recall")
+            self.recall_head.load_state_dict(state["recall_head"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
