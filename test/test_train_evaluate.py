@@ -1,12 +1,13 @@
 """Held-out scoring: perfect answers score 1, empty answers score only the zero-count queries."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from videomolmo_ros.data.synthetic import SceneConfig, make_scene
 from videomolmo_ros.pointers.oracle import OraclePointer
 from videomolmo_ros.train.evaluate import (RandomPointer, evaluate_pointer, format_table,
-                                         keyframes, main)
+                                         keyframes, main, nearest_object_hits)
 
 SCENE = {"width": 128, "height": 96, "num_frames": 10}
 
@@ -28,13 +29,23 @@ def test_keyframes_spread_over_the_clip():
     assert keyframes(5, 3, 10) == [4]
 
 
+def test_nearest_object_hits_names_the_nearest_centre():
+    centres = {0: np.array([10.0, 10.0]), 3: np.array([50.0, 10.0])}
+    hits = nearest_object_hits([(12.0, 10.0), (45.0, 13.0)], centres, referents=[3])
+    assert [hit for hit, _ in hits] == [False, True]
+    assert [d for _, d in hits] == pytest.approx([2.0, np.hypot(5, 3)])
+    assert nearest_object_hits([(1.0, 1.0)], {}, [0]) == []
+
+
 def test_oracle_scores_one():
     scene = make_scene(SceneConfig(seed=11, **SCENE))
     result = evaluate_pointer(OraclePointer(scene, min_visible_pixels=1), [11], 2, scene=SCENE)
     for kind in ("attribute", "counting", "all"):
         assert result[kind]["f1"] == pytest.approx(1.0)
     assert result["counting"]["ema"] == 1.0 and result["counting"]["mae"] == 0.0
-    assert "counting" in format_table(result)
+    assert result["attribute"]["nearest_referent"] >= 0.9
+    assert result["attribute"]["error_px"] < 8
+    assert "counting" in format_table(result) and "NR" in format_table(result)
 
 
 def test_silence_scores_only_zero_counts():
@@ -56,6 +67,7 @@ def test_chance_is_far_below_the_oracle_and_counts_one():
     assert chance["distinct_answers"] == 1.0  # random points never coincide
     assert "distinct answers" in format_table(chance)
     assert chance["all"]["f1"] < 0.5 * oracle["all"]["f1"]
+    assert chance["all"]["nearest_referent"] < 0.8 * oracle["all"]["nearest_referent"]
     ts = keyframes(scene.num_frames, 2, 4)
     ones = [int(scene.masks[t, list(e.object_ids)].any(axis=(1, 2)).sum()) == 1
             for t in ts for e in scene.expressions if e.kind == "counting"]

@@ -8,7 +8,11 @@ with black frames at the start, as the engine does). Scores, per query then aver
 * point precision / recall / F1 against the visible referents' masks (Molmo protocol,
   ``core.metrics.point_precision_recall_f1``; no referent and no point = 1, 1, 1);
 * for counting queries, exact-match accuracy and mean absolute error of the number of points
-  (``core.metrics.counting_metrics``).
+  (``core.metrics.counting_metrics``);
+* two diagnostics that tell *which object* from *how precisely*: ``nearest_referent``, the
+  fraction of points whose nearest visible object (by mask centre) is a referent of the query
+  (the query was understood, even when the point misses the mask), and ``error_px``, the median
+  distance of those points to that referent's mask centre (the pointing precision).
 
 CLI: ``python -m videomolmo_ros.train.evaluate MODEL_DIR --scenes 10``.
 """
@@ -47,6 +51,22 @@ class RandomPointer:
                 for _ in queries]
 
 
+def nearest_object_hits(points: Sequence[tuple[float, float]], centres: dict[int, np.ndarray],
+                        referents: Sequence[int]) -> list[tuple[bool, float]]:
+    """Per point: (is the nearest of ``centres`` (object id -> (x, y)) a referent, distance to
+    that nearest centre in pixels). Empty without centres."""
+    if not centres:
+        return []
+    ids = list(centres)
+    table = np.stack([centres[i] for i in ids])  # (N, 2)
+    out = []
+    for x, y in points:
+        distances = np.hypot(table[:, 0] - x, table[:, 1] - y)
+        nearest = int(np.argmin(distances))
+        out.append((ids[nearest] in referents, float(distances[nearest])))
+    return out
+
+
 def keyframes(num_frames: int, count: int, first: int) -> list[int]:
     """``count`` keyframes spread evenly over [first, num_frames - 1]."""
     first = min(first, num_frames - 1)
@@ -68,6 +88,7 @@ def evaluate_pointer(pointer: Any, seeds: Sequence[int] = DEFAULT_EVAL_SEEDS,
     counts: dict[str, tuple[list[int], list[int]]] = defaultdict(lambda: ([], []))  # pred, gt
     history_frames = getattr(pointer, "history_frames", 4)
     distinct: list[float] = []  # per keyframe: distinct answers / queries
+    nearest: dict[str, list[tuple[bool, float]]] = defaultdict(list)
     for seed in seeds:
         synthetic = make_scene(SceneConfig(**{**(scene or {}), "seed": int(seed)}))
         expressions = [e for e in synthetic.expressions if e.kind in kinds]
@@ -86,8 +107,13 @@ def evaluate_pointer(pointer: Any, seeds: Sequence[int] = DEFAULT_EVAL_SEEDS,
                                     [e.text for e in expressions])
             distinct.append(len({tuple((round(p.x), round(p.y)) for p in points)
                                  for points in answers}) / len(answers))
+            centres = {oid: np.argwhere(mask).mean(0)[::-1]  # (x, y)
+                       for oid, mask in enumerate(synthetic.masks[t]) if mask.any()}
             for expression, points in zip(expressions, answers):
                 visible = [oid for oid in expression.object_ids if synthetic.masks[t, oid].any()]
+                if visible:
+                    nearest[expression.kind] += nearest_object_hits(
+                        [(p.x, p.y) for p in points], centres, visible)
                 scores = point_precision_recall_f1([(p.x, p.y) for p in points],
                                                    [synthetic.masks[t, oid] for oid in visible])
                 per_kind[expression.kind].append(scores)
@@ -103,29 +129,42 @@ def evaluate_pointer(pointer: Any, seeds: Sequence[int] = DEFAULT_EVAL_SEEDS,
         if kind == "counting":
             ema, mae = counting_metrics(*counts[kind])
             result[kind].update(ema=ema, mae=mae)
+        result[kind].update(_nearest_summary(nearest[kind]))
         everything += scores
     if everything:
         array = np.asarray(everything)
         result["all"] = {"precision": float(array[:, 0].mean()),
                          "recall": float(array[:, 1].mean()), "f1": float(array[:, 2].mean()),
                          "queries": len(everything)}
+        result["all"].update(_nearest_summary([h for hits in nearest.values() for h in hits]))
     if distinct:
         result["distinct_answers"] = float(np.mean(distinct))
     result["seconds"] = time.perf_counter() - started
     return result
 
 
+def _nearest_summary(hits: Sequence[tuple[bool, float]]) -> dict[str, Any]:
+    """nearest_referent (fraction) and error_px (median, over the points near a referent)."""
+    on_referent = [distance for hit, distance in hits if hit]
+    return {"nearest_referent": float(np.mean([hit for hit, _ in hits])) if hits else None,
+            "error_px": float(np.median(on_referent)) if on_referent else None}
+
+
 def format_table(result: dict[str, Any]) -> str:
-    """A plain-text table of ``evaluate_pointer``'s result."""
-    lines = [f"{'kind':<10} {'queries':>7} {'P':>6} {'R':>6} {'F1':>6} {'EMA':>6} {'MAE':>6}"]
+    """A plain-text table of ``evaluate_pointer``'s result (NR: nearest_referent, err:
+    error_px)."""
+    lines = [f"{'kind':<10} {'queries':>7} {'P':>6} {'R':>6} {'F1':>6} {'EMA':>6} {'MAE':>6} "
+             f"{'NR':>6} {'err px':>6}"]
     for kind in list(KINDS) + ["all"]:
         if kind not in result:
             continue
         r = result[kind]
         ema = f"{r['ema']:.3f}" if "ema" in r else "-"
         mae = f"{r['mae']:.3f}" if "mae" in r else "-"
+        near = f"{r['nearest_referent']:.3f}" if r.get("nearest_referent") is not None else "-"
+        error = f"{r['error_px']:.1f}" if r.get("error_px") is not None else "-"
         lines.append(f"{kind:<10} {r['queries']:>7} {r['precision']:>6.3f} {r['recall']:>6.3f} "
-                     f"{r['f1']:>6.3f} {ema:>6} {mae:>6}")
+                     f"{r['f1']:>6.3f} {ema:>6} {mae:>6} {near:>6} {error:>6}")
     if "distinct_answers" in result:
         lines.append(f"distinct answers per keyframe: {result['distinct_answers']:.2f} of the "
                      "queries (1/n = the query is ignored)")
