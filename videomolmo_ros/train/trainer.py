@@ -2,7 +2,9 @@
 
 * Loss: cross-entropy on the answer tokens only (point text and its ``<eos>``; prompt and image
   tokens masked), averaged over all answer tokens of an optimizer step, so gradient
-  accumulation gives the same update as one big batch.
+  accumulation gives the same update as one big batch. Optionally (``query_recall`` > 0, not
+  in the paper) plus a training-only loss that makes those positions name the query's words
+  (``query_recall_loss``, which says why).
 * Forward: the keyframe is encoded with gradients; its l history frames under ``no_grad`` (as
   the release encodes them); temporal module, pooling, projector; all queries of a keyframe in
   one packed sequence (``dataset``), so each query sees the image exactly as at inference.
