@@ -222,12 +222,13 @@ def test_cli_stop_after_leaves_a_checkpoint_on_the_full_schedule(tmp_path, token
 def test_query_recall_loss_targets_the_distinct_query_tokens():
     from videomolmo_ros.train.trainer import query_recall_loss
 
-    logits = torch.randn(3, 10)
-    tokens = torch.tensor([[4, 7, 4], [-1, -1, -1], [2, -1, -1]])  # a repeat, none, one
+    logits = torch.randn(4, 10)
+    # a repeat, none, one, id 0 beside padding (padding must not erase it)
+    tokens = torch.tensor([[4, 7, 4], [-1, -1, -1], [2, -1, -1], [0, -1, -1]])
     expected = -(torch.log_softmax(logits[0], -1)[[4, 7]].mean()
-                 + torch.log_softmax(logits[2], -1)[2])
+                 + torch.log_softmax(logits[2], -1)[2] + torch.log_softmax(logits[3], -1)[0])
     assert torch.allclose(query_recall_loss(logits, tokens), expected)
-    assert float(query_recall_loss(logits, torch.full((3, 2), -1))) == 0.0
+    assert float(query_recall_loss(logits, torch.full((4, 2), -1))) == 0.0
 
 
 def test_batches_carry_each_segment_query_tokens():

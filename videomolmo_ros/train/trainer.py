@@ -171,22 +171,34 @@ def packed_hidden(model: VideoMolmoModel, batch: Batch) -> torch.Tensor:
                      position_ids=batch.position_ids).last_hidden_state
 
 
-def answer_loss(model: VideoMolmoModel, batch: Batch,
-                recall_head: torch.nn.Module | None = None) -> Any:
-    """Summed cross-entropy over the answer tokens of ``batch`` (divide by the token count);
-    the LM head runs only where a label follows. With ``recall_head``: the pair (answer loss,
-    summed ``query_recall_loss``) from the same forward pass."""
+def _answer_readout(model: VideoMolmoModel, batch: Batch
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(hidden states (N, d) of the positions that predict an answer token, their targets (N,),
+    the (B, L - 1) mask that picked them)."""
     hidden = packed_hidden(model, batch)
     targets = batch.labels[:, 1:]
     keep = targets != IGNORE_INDEX
-    readout = hidden[:, :-1][keep]  # (N, d): the positions that predict an answer token
+    return hidden[:, :-1][keep], targets[keep], keep
+
+
+def answer_loss(model: VideoMolmoModel, batch: Batch) -> torch.Tensor:
+    """Summed cross-entropy over the answer tokens of ``batch`` (divide by the token count);
+    the LM head runs only where a label follows."""
+    readout, targets, _ = _answer_readout(model, batch)
     logits = model.lm_head(readout)  # (N, embedding_size)
-    loss = F.cross_entropy(logits.float(), targets[keep], reduction="sum")
-    if recall_head is None:
-        return loss
+    return F.cross_entropy(logits.float(), targets, reduction="sum")
+
+
+def answer_and_recall_loss(model: VideoMolmoModel, batch: Batch, recall_head: torch.nn.Module
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``answer_loss`` and the summed ``query_recall_loss`` of the same positions, from one
+    forward pass."""
+    readout, targets, keep = _answer_readout(model, batch)
+    answer = F.cross_entropy(model.lm_head(readout).float(), targets, reduction="sum")
     rows, _ = keep.nonzero(as_tuple=True)
     segments = batch.segments[:, :-1][keep]
-    return loss, query_recall_loss(recall_head(readout).float(), batch.query_tokens[rows, segments])
+    return answer, query_recall_loss(recall_head(readout).float(),
+                                     batch.query_tokens[rows, segments])
 
 
 def query_recall_loss(logits: torch.Tensor, query_tokens: torch.Tensor) -> torch.Tensor:
@@ -208,8 +220,8 @@ def query_recall_loss(logits: torch.Tensor, query_tokens: torch.Tensor) -> torch
         return logits.sum() * 0.0
     logits, query_tokens, valid = logits[rows], query_tokens[rows], valid[rows]
     target = torch.zeros_like(logits)
-    target.scatter_(1, query_tokens.clamp(min=0), valid.to(logits.dtype))
-    target = (target > 0).to(logits.dtype)
+    target.scatter_add_(1, query_tokens.clamp(min=0), valid.to(logits.dtype))
+    target = (target > 0).to(logits.dtype)  # each distinct id once
     target = target / target.sum(1, keepdim=True)
     return -(target * F.log_softmax(logits, dim=-1)).sum()
 
@@ -366,13 +378,13 @@ class Trainer:
         total = recall = 0.0
         for batch in batches:
             if self.recall_head is None:
-                loss = answer_loss(self.model, batch)
+                answer = loss = answer_loss(self.model, batch)
             else:
-                loss, recall_sum = answer_loss(self.model, batch, self.recall_head)
-                loss = loss + self.config.query_recall * recall_sum
+                answer, recall_sum = answer_and_recall_loss(self.model, batch, self.recall_head)
+                loss = answer + self.config.query_recall * recall_sum
                 recall += float(recall_sum.detach())
             (loss / tokens).backward()
-            total += float(loss.detach())
+            total += float(answer.detach())
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         grad_norm = torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)
         lrs = [group["lr"] for group in self.optimizer.param_groups]
@@ -381,8 +393,7 @@ class Trainer:
         self.step += 1
         elapsed = time.perf_counter() - started
         frames = self.config.frames_per_step
-        answer = (total - self.config.query_recall * recall) / tokens
-        record = {"step": self.step, "loss": answer, "grad_norm": float(grad_norm),
+        record = {"step": self.step, "loss": total / tokens, "grad_norm": float(grad_norm),
                   "lr_llm": lrs[0], "lr_vision": lrs[1], "tokens": tokens,
                   "queries": sum(b.num_queries for b in batches), "frames": frames,
                   "seconds": elapsed, "data_seconds": data_time}
