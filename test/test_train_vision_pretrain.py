@@ -155,3 +155,24 @@ def test_command_line_writes_the_vit(tmp_path, capsys):
                  "--no-progress"]) == 0
     assert (out / WEIGHTS_NAME).is_file()
     assert "token_point_error" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_object_attribute_losses_score_object_units_alone():
+    from videomolmo_ros.train.vision_pretrain import DenseHeads, DenseTargets
+
+    torch.manual_seed(0)
+    features = torch.randn(1, 1, 4, 8)
+    owned = torch.tensor([[[True, False, False, False]]])
+    classes = {name: torch.tensor([[[2, 0, 0, 0]]]) for name in ATTRIBUTES}
+    targets = DenseTargets(classes, torch.zeros(1, 1, 4, 2), owned, torch.zeros(1, 1, 4, 2))
+    plain = DenseHeads(8)
+    weighted = DenseHeads(8, object_attributes=True)
+    weighted.load_state_dict(plain.state_dict())
+    _, plain_terms = plain.losses(features, targets)
+    _, terms = weighted.losses(features, targets)
+    for name in ATTRIBUTES:
+        assert terms[name] == pytest.approx(plain_terms[name])
+        logits = weighted.classifiers[name](features)[0, 0, 0]
+        expected = -torch.log_softmax(logits, -1)[2]  # the one object unit only
+        assert terms[f"{name}_objects"] == pytest.approx(float(expected.detach()), rel=1e-5)
+    assert not any(k.endswith("_objects") for k in plain_terms)

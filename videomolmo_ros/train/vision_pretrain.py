@@ -159,8 +159,11 @@ class DenseHeads(nn.Module):
     receives): one classifier per attribute (+ background), the owner's point (2) and the
     unit's position (2). Thrown away after pre-training."""
 
-    def __init__(self, feature_dim: int) -> None:
+    def __init__(self, feature_dim: int, object_attributes: bool = False) -> None:
         super().__init__()
+        # Most units are background, which the averaged attribute losses then mostly score;
+        # object_attributes adds each attribute's loss over the object units alone.
+        self.object_attributes = object_attributes
         self.classifiers = nn.ModuleDict({name: nn.Linear(feature_dim, len(values) + 1)
                                           for name, values in ATTRIBUTES.items()})
         self.point = nn.Linear(feature_dim, 2)
@@ -173,6 +176,9 @@ class DenseHeads(nn.Module):
         for name, head in self.classifiers.items():
             logits = head(features)
             terms[name] = F.cross_entropy(logits.flatten(0, 2), targets.classes[name].flatten())
+            if self.object_attributes and targets.owned.any():
+                terms[f"{name}_objects"] = F.cross_entropy(logits[targets.owned],
+                                                           targets.classes[name][targets.owned])
         owned = targets.owned
         # Points and positions as fractions of the frame, errors scaled to ~tenths of it; the
         # point twice as finely: the pointing answer needs it to a few percent.
@@ -216,6 +222,7 @@ class PretrainConfig:
     seed: int = 0
     threads: int | None = None
     held_out_scenes: int = 8
+    object_attributes: bool = False  # see DenseHeads
 
 
 class FrameStream:
@@ -259,7 +266,8 @@ class VisionPretrainer(nn.Module):
     projector) plus the stage-0 read-outs: ``patch_heads`` on the ViT features,
     ``token_heads`` on the image embeddings the LLM will receive."""
 
-    def __init__(self, model_config: VideoMolmoConfig, seed: int = 0) -> None:
+    def __init__(self, model_config: VideoMolmoConfig, seed: int = 0,
+                 object_attributes: bool = False) -> None:
         super().__init__()
         from videomolmo_ros.model.videomolmo import VideoMolmoModel
         from videomolmo_ros.train.trainer import init_connector, init_positions
@@ -270,8 +278,8 @@ class VisionPretrainer(nn.Module):
         init_positions(model)
         self.backbone = model.vision_backbone
         self.backbone.adapter = None  # trained in the pointing stage, from history frames
-        self.patch_heads = DenseHeads(model_config.image_feature_dim)
-        self.token_heads = DenseHeads(model_config.hidden_size)
+        self.patch_heads = DenseHeads(model_config.image_feature_dim, object_attributes)
+        self.token_heads = DenseHeads(model_config.hidden_size, object_attributes)
 
     def forward(self, crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """crops (B, T, P, D) -> patch features (B, T, P, C), image embeddings (B, T, K, d)."""
@@ -315,7 +323,7 @@ def pretrain(config: PretrainConfig, progress: bool = True) -> dict[str, float]:
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     model_config = preset(config.preset, DEFAULT_BASE_VOCAB, **config.model_overrides)
-    model = VisionPretrainer(model_config, config.seed).train()
+    model = VisionPretrainer(model_config, config.seed, config.object_attributes).train()
     params = list(model.parameters())
     optimizer = torch.optim.AdamW(params, lr=config.lr, betas=(0.9, 0.95), eps=1e-6,
                                   weight_decay=config.weight_decay)
@@ -391,6 +399,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps)
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--object-attributes", action="store_true",
+                   help="also score the attribute read-outs on object units alone")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     config = PretrainConfig(output_dir=a.out, preset=a.preset,
@@ -398,7 +408,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                             scene=json.loads(a.scene), steps=a.steps,
                             frames_per_step=a.frames_per_step,
                             frames_per_scene=a.frames_per_scene, lr=a.lr,
-                            warmup_steps=a.warmup_steps, seed=a.seed, threads=a.threads)
+                            warmup_steps=a.warmup_steps, seed=a.seed, threads=a.threads,
+                            object_attributes=a.object_attributes)
     scores = pretrain(config, progress=not a.no_progress)
     print(json.dumps({k: round(v, 4) for k, v in scores.items()}))
     return 0
