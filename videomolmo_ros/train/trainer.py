@@ -477,10 +477,7 @@ class Trainer:
                    if saved.get(k) != mine.get(k)]
         if changed:
             raise ValueError(f"cannot resume {checkpoint}: the run changed {changed}")
-        if self.recall_head is not None:
-            if state.get("recall_head") is None:
-                raise ValueError(f"cannot resume {checkpoint}: it was trained without "
-                                 "query_recall")
+        if self.recall_head is not None:  # same query_recall (checked above): it was saved
             self.recall_head.load_state_dict(state["recall_head"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
