@@ -74,6 +74,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, argparse
     p.add_argument("--query-recall", type=float, default=t.query_recall,
                    help="weight of the training-only query-recall loss (trainer."
                         "query_recall_loss); 0 = the paper's loss alone")
+    p.add_argument("--keep-readouts", type=float, default=t.keep_readouts,
+                   help="weight of stage 0's dense read-out losses kept on the image tokens "
+                        "(TrainConfig.keep_readouts); 0 = off")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
     if a.stop_after is not None and not 0 < a.stop_after <= a.steps:
@@ -91,7 +94,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, argparse
         keep_checkpoints=a.keep_checkpoints, tokenizer=a.tokenizer, threads=a.threads,
         init_connector=not a.no_init_connector, init_positions=not a.no_init_positions,
         init_from=a.init_from, init_vision_from=a.init_vision_from,
-        monitor_every=a.monitor_every, query_recall=a.query_recall)
+        monitor_every=a.monitor_every, query_recall=a.query_recall,
+        keep_readouts=a.keep_readouts)
     return config, a
 
 

@@ -126,6 +126,9 @@ class Sample:
     # Token ids of each query's own text (segment i at index i - 1; empty for a caption):
     # the targets of the trainer's optional query-recall loss.
     query_tokens: list[list[int]] = field(default_factory=list)
+    # Stage 0's per-image-token targets of the keyframe (``vision_pretrain.DenseTargets``),
+    # when the dataset was asked for them (the trainer's ``keep_readouts``).
+    token_targets: Any = None
 
     @property
     def num_answer_tokens(self) -> int:
@@ -169,8 +172,10 @@ class PointingDataset(torch.utils.data.Dataset):
     """Index -> ``Sample``; endless when ``pool_size`` is None (``len`` is then a large number
     so that samplers work; the trainer indexes it directly)."""
 
-    def __init__(self, data: DataConfig, model_config: VideoMolmoConfig, tokenizer: Any) -> None:
+    def __init__(self, data: DataConfig, model_config: VideoMolmoConfig, tokenizer: Any,
+                 dense_targets: bool = False) -> None:
         self.data = data
+        self.dense_targets = dense_targets
         self.model_config = model_config
         self.tokenizer = tokenizer
         self.preprocessor = MultiCropPreprocessor(model_config,
@@ -239,9 +244,14 @@ class PointingDataset(torch.utils.data.Dataset):
             answers.append(answer)
             query_tokens.append([] if query == CAPTION_PROMPT else
                                 self.tokenizer.encode(" " + query, add_special_tokens=False))
+        token_targets = None
+        if self.dense_targets:
+            from videomolmo_ros.train.vision_pretrain import dense_targets
+
+            token_targets = dense_targets(scene, t, layout, self.model_config).tokens
         return Sample(keyframe.crops, history, torch.cat(ids), torch.cat(labels),
                       torch.cat(positions), torch.cat(segments), image_index, queries, answers,
-                      scene.config.seed, t, query_tokens)
+                      scene.config.seed, t, query_tokens, token_targets)
 
 
 @dataclass
@@ -253,7 +263,8 @@ class Batch:
     the token's own query segment; a padding token sees only itself). image_input_idx:
     (B, T, K). num_answer_tokens: tokens carrying loss. segments: (B, L), 0 = image prefix,
     i = query i, -1 = padding. query_tokens: (B, S + 1, Q) the token ids of each segment's
-    query text (row 0 and padding -1).
+    query text (row 0 and padding -1). token_targets: the keyframes' stage-0 image-token targets
+    (``vision_pretrain.DenseTargets`` with a leading B axis) or None.
     """
 
     crops: torch.Tensor
@@ -267,6 +278,7 @@ class Batch:
     num_queries: int
     segments: torch.Tensor | None = None
     query_tokens: torch.Tensor | None = None
+    token_targets: Any = None  # stacked Sample.token_targets, when every sample has them
 
 
 def segment_attention_mask(segments: torch.Tensor) -> torch.Tensor:
@@ -294,6 +306,11 @@ def collate(samples: Sequence[Sample], pad_id: int) -> Batch:
     for b, sample in enumerate(samples):
         for j, tokens in enumerate(sample.query_tokens, start=1):
             query_tokens[b, j, :len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+    token_targets = None
+    if all(s.token_targets is not None for s in samples):
+        from videomolmo_ros.train.vision_pretrain import stack_dense_targets
+
+        token_targets = stack_dense_targets([s.token_targets for s in samples])
     return Batch(
         crops=torch.stack([s.crops for s in samples]),
         history=torch.stack([s.history for s in samples]),
@@ -306,4 +323,5 @@ def collate(samples: Sequence[Sample], pad_id: int) -> Batch:
         num_queries=sum(len(s.queries) for s in samples),
         segments=segments,
         query_tokens=query_tokens,
+        token_targets=token_targets,
     )

@@ -60,6 +60,7 @@ STATE_NAME = "trainer_state.pt"
 RECIPE_NAME = "training.json"
 LOG_NAME = "log.jsonl"
 CHECKPOINTS = "checkpoints"
+READOUT_LR = 1e-3  # the read-out heads start fresh: stage 0's rate for them
 
 
 @dataclass
@@ -100,7 +101,12 @@ class TrainConfig:
     monitor_every: int = 0
     # Weight of the query-recall loss (``query_recall_loss``); 0 = the paper's loss alone.
     query_recall: float = 0.0
-
+    # Weight of stage 0's dense read-out losses kept on the keyframe's image embeddings during
+    # pointing (fresh ``vision_pretrain.DenseHeads`` with object attributes, trained along,
+    # not exported); 0 = off. Why: without it the image tokens lose what the query names
+    # (colour read at 0.97 after stage 0 fell to 0.44 through the pointing stages) while the
+    # LLM has not yet learnt to use it. Not in the paper (its CLIP is frozen knowledge).
+    keep_readouts: float = 0.0
     def __post_init__(self) -> None:
         if isinstance(self.data, dict):
             self.data = DataConfig(**{**self.data, "kinds": tuple(self.data.get(
@@ -111,8 +117,8 @@ class TrainConfig:
         for name in ("steps", "batch_frames", "grad_accum"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
-        if self.query_recall < 0:
-            raise ValueError("query_recall must be >= 0")
+        if self.query_recall < 0 or self.keep_readouts < 0:
+            raise ValueError("query_recall and keep_readouts must be >= 0")
 
     @property
     def frames_per_step(self) -> int:
@@ -151,8 +157,9 @@ def parameter_groups(model: VideoMolmoModel, lr_llm: float, lr_vision: float,
             for name, params in groups.items() if params]
 
 
-def packed_hidden(model: VideoMolmoModel, batch: Batch) -> torch.Tensor:
-    """Final hidden states (B, L, d) of the packed sequences (apply ``model.lm_head`` for logits).
+def packed_forward(model: VideoMolmoModel, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Final hidden states (B, L, d) of the packed sequences (apply ``model.lm_head`` for
+    logits) and the keyframes' image embeddings (B, T, K, d) the LLM received.
 
     Keyframe features with gradients, history features without (the release's choice); the
     packed queries use the batch's segment mask and per-query positions.
@@ -167,38 +174,47 @@ def packed_hidden(model: VideoMolmoModel, batch: Batch) -> torch.Tensor:
         history = [encoded[:, i] for i in range(l)]
     image = model.image_embeddings(features, history)  # (B, T, K, d)
     embeds = model.embed_inputs(batch.input_ids, image, batch.image_input_idx)
-    return model.llm(inputs_embeds=embeds, attention_mask=batch.attention_mask,
-                     position_ids=batch.position_ids).last_hidden_state
+    hidden = model.llm(inputs_embeds=embeds, attention_mask=batch.attention_mask,
+                       position_ids=batch.position_ids).last_hidden_state
+    return hidden, image
 
 
-def _answer_readout(model: VideoMolmoModel, batch: Batch
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(hidden states (N, d) of the positions that predict an answer token, their targets (N,),
-    the (B, L - 1) mask that picked them)."""
-    hidden = packed_hidden(model, batch)
-    targets = batch.labels[:, 1:]
-    keep = targets != IGNORE_INDEX
-    return hidden[:, :-1][keep], targets[keep], keep
+def packed_hidden(model: VideoMolmoModel, batch: Batch) -> torch.Tensor:
+    """The hidden states of ``packed_forward``."""
+    return packed_forward(model, batch)[0]
 
 
 def answer_loss(model: VideoMolmoModel, batch: Batch) -> torch.Tensor:
     """Summed cross-entropy over the answer tokens of ``batch`` (divide by the token count);
     the LM head runs only where a label follows."""
-    readout, targets, _ = _answer_readout(model, batch)
-    logits = model.lm_head(readout)  # (N, embedding_size)
-    return F.cross_entropy(logits.float(), targets, reduction="sum")
+    return step_losses(model, batch)["answer"]
 
 
-def answer_and_recall_loss(model: VideoMolmoModel, batch: Batch, recall_head: torch.nn.Module
-                           ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``answer_loss`` and the summed ``query_recall_loss`` of the same positions, from one
-    forward pass."""
-    readout, targets, keep = _answer_readout(model, batch)
-    answer = F.cross_entropy(model.lm_head(readout).float(), targets, reduction="sum")
-    rows, _ = keep.nonzero(as_tuple=True)
-    segments = batch.segments[:, :-1][keep]
-    return answer, query_recall_loss(recall_head(readout).float(),
-                                     batch.query_tokens[rows, segments])
+def step_losses(model: VideoMolmoModel, batch: Batch,
+                recall_head: torch.nn.Module | None = None,
+                readout_heads: torch.nn.Module | None = None) -> dict[str, torch.Tensor]:
+    """The losses of one micro-batch from one forward pass: ``answer`` (summed answer-token
+    cross-entropy), with ``recall_head`` ``recall`` (summed ``query_recall_loss`` of the same
+    positions), with ``readout_heads`` (``vision_pretrain.DenseHeads``) ``readout`` (their mean
+    loss on the image embeddings against ``batch.token_targets``; see
+    ``TrainConfig.keep_readouts``)."""
+    hidden, image = packed_forward(model, batch)
+    targets = batch.labels[:, 1:]
+    keep = targets != IGNORE_INDEX
+    readout = hidden[:, :-1][keep]  # the positions that predict an answer token
+    losses = {"answer": F.cross_entropy(model.lm_head(readout).float(), targets[keep],
+                                        reduction="sum")}
+    if recall_head is not None:
+        rows, _ = keep.nonzero(as_tuple=True)
+        segments = batch.segments[:, :-1][keep]
+        losses["recall"] = query_recall_loss(recall_head(readout).float(),
+                                             batch.query_tokens[rows, segments])
+    if readout_heads is not None:
+        if batch.token_targets is None:
+            raise ValueError("the batch has no token targets (PointingDataset(dense_targets="
+                             "True))")
+        losses["readout"] = readout_heads.losses(image.float(), batch.token_targets)[0]
+    return losses
 
 
 def query_recall_loss(logits: torch.Tensor, query_tokens: torch.Tensor) -> torch.Tensor:
@@ -332,7 +348,8 @@ class Trainer:
                 if self.model.vision_backbone.adapter is not None:
                     start_as_identity(self.model.vision_backbone.adapter)
         check_layout(self.tokenizer, self.model.config.embedding_size)
-        self.dataset = PointingDataset(config.data, self.model.config, self.tokenizer)
+        self.dataset = PointingDataset(config.data, self.model.config, self.tokenizer,
+                                       dense_targets=config.keep_readouts > 0)
         groups = parameter_groups(self.model, config.lr_llm, config.lr_vision,
                                   config.weight_decay)
         self.recall_head: torch.nn.Linear | None = None
@@ -342,6 +359,13 @@ class Trainer:
             torch.nn.init.normal_(self.recall_head.weight, std=0.02)
             groups.append({"params": list(self.recall_head.parameters()), "lr": config.lr_llm,
                            "name": "recall_head", "weight_decay": config.weight_decay})
+        self.readout_heads: torch.nn.Module | None = None
+        if config.keep_readouts > 0:  # training only (see TrainConfig.keep_readouts)
+            from videomolmo_ros.train.vision_pretrain import DenseHeads
+
+            self.readout_heads = DenseHeads(self.model.config.hidden_size, object_attributes=True)
+            groups.append({"params": list(self.readout_heads.parameters()), "lr": READOUT_LR,
+                           "name": "readout_heads", "weight_decay": config.weight_decay})
         self.optimizer = torch.optim.AdamW(groups, betas=config.betas,
                                            eps=config.eps, weight_decay=config.weight_decay)
         from transformers import get_cosine_with_min_lr_schedule_with_warmup
@@ -375,16 +399,17 @@ class Trainer:
         data_time = time.perf_counter() - started
         tokens = sum(b.num_answer_tokens for b in batches)
         self.optimizer.zero_grad(set_to_none=True)
-        total = recall = 0.0
+        sums = {"answer": 0.0, "recall": 0.0, "readout": 0.0}
         for batch in batches:
-            if self.recall_head is None:
-                answer = loss = answer_loss(self.model, batch)
-            else:
-                answer, recall_sum = answer_and_recall_loss(self.model, batch, self.recall_head)
-                loss = answer + self.config.query_recall * recall_sum
-                recall += float(recall_sum.detach())
-            (loss / tokens).backward()
-            total += float(answer.detach())
+            losses = step_losses(self.model, batch, self.recall_head, self.readout_heads)
+            loss = losses["answer"] + self.config.query_recall * losses.get("recall", 0.0)
+            loss = loss / tokens
+            if "readout" in losses:  # a mean per micro-batch: averaged over the step
+                loss = loss + self.config.keep_readouts * losses["readout"] / len(batches)
+            loss.backward()
+            for name, value in losses.items():
+                sums[name] += float(value.detach())
+        total = sums["answer"]
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         grad_norm = torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)
         lrs = [group["lr"] for group in self.optimizer.param_groups]
@@ -398,7 +423,9 @@ class Trainer:
                   "queries": sum(b.num_queries for b in batches), "frames": frames,
                   "seconds": elapsed, "data_seconds": data_time}
         if self.recall_head is not None:
-            record["query_recall_loss"] = recall / tokens
+            record["query_recall_loss"] = sums["recall"] / tokens
+        if self.readout_heads is not None:
+            record["readout_loss"] = sums["readout"] / len(batches)
         self.losses.append(record["loss"])
         return record
 
@@ -458,7 +485,9 @@ class Trainer:
                     "torch_rng": torch.get_rng_state(), "losses": list(self.losses),
                     "config": self.config.to_dict(),
                     "recall_head": (self.recall_head.state_dict()
-                                    if self.recall_head is not None else None)},
+                                    if self.recall_head is not None else None),
+                    "readout_heads": (self.readout_heads.state_dict()
+                                      if self.readout_heads is not None else None)},
                    partial / STATE_NAME)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(partial, final)
@@ -469,16 +498,18 @@ class Trainer:
 
     def _load_state(self, checkpoint: Path) -> None:
         state = torch.load(checkpoint / STATE_NAME, map_location="cpu", weights_only=True)
-        saved = {"query_recall": 0.0, **state["config"]}  # older checkpoints lack it
+        saved = {"query_recall": 0.0, "keep_readouts": 0.0, **state["config"]}  # older lack
         mine = self.config.to_dict()
         changed = [k for k in ("data", "batch_frames", "grad_accum", "preset", "temporal",
                                "model_overrides", "seed", "init_from", "init_vision_from",
-                               "query_recall")
+                               "query_recall", "keep_readouts")
                    if saved.get(k) != mine.get(k)]
         if changed:
             raise ValueError(f"cannot resume {checkpoint}: the run changed {changed}")
         if self.recall_head is not None:  # same query_recall (checked above): it was saved
             self.recall_head.load_state_dict(state["recall_head"])
+        if self.readout_heads is not None:
+            self.readout_heads.load_state_dict(state["readout_heads"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])

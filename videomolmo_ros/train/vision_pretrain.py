@@ -251,14 +251,17 @@ class FrameStream:
         return make_scene(SceneConfig(**{**self.scene, "seed": seed}))
 
 
-def stack_targets(items: Sequence[FrameTargets]) -> FrameTargets:
-    def stack(level: Sequence[DenseTargets]) -> DenseTargets:
-        return DenseTargets({k: torch.stack([t.classes[k] for t in level]) for k in ATTRIBUTES},
-                            torch.stack([t.point for t in level]),
-                            torch.stack([t.owned for t in level]),
-                            torch.stack([t.position for t in level]))
+def stack_dense_targets(level: Sequence[DenseTargets]) -> DenseTargets:
+    """Frames' targets at one level stacked into a batch (a leading frame axis)."""
+    return DenseTargets({k: torch.stack([t.classes[k] for t in level]) for k in ATTRIBUTES},
+                        torch.stack([t.point for t in level]),
+                        torch.stack([t.owned for t in level]),
+                        torch.stack([t.position for t in level]))
 
-    return FrameTargets(stack([t.patches for t in items]), stack([t.tokens for t in items]))
+
+def stack_targets(items: Sequence[FrameTargets]) -> FrameTargets:
+    return FrameTargets(stack_dense_targets([t.patches for t in items]),
+                        stack_dense_targets([t.tokens for t in items]))
 
 
 class VisionPretrainer(nn.Module):
