@@ -246,49 +246,39 @@ def test_batches_carry_each_segment_query_tokens():
         assert bool((batch.query_tokens[b, 0] == -1).all())
 
 
-def test_query_recall_run_resumes_exactly_and_exports_no_extra_weights(tmp_path, tokenizer_dir):
-    full = Trainer(run_config(tmp_path / "full", tokenizer_dir, query_recall=0.5))
+def check_training_only_loss(tmp_path, tokenizer_dir, log_key: str, **extra) -> None:
+    """An extra training-only loss (``extra``: its TrainConfig weight): the logged "loss" stays
+    the answer loss, the updates change, the log carries ``log_key``, a run resumes bit-exactly
+    and refuses to resume without it, and the export has no extra tensors."""
+    full = Trainer(run_config(tmp_path / "full", tokenizer_dir, **extra))
     losses_full = full.train(progress=False)
     plain = Trainer(run_config(tmp_path / "plain", tokenizer_dir))
     assert plain.train(progress=False)[0] == losses_full[0]  # "loss" is the answer loss alone
     assert losses_full[1:] != plain.losses[1:]  # the extra loss changed the updates
     records = [json.loads(line)
                for line in (tmp_path / "full" / LOG_NAME).read_text().splitlines()]
-    assert all(r["query_recall_loss"] > 0 for r in records)
-    first = Trainer(run_config(tmp_path / "split", tokenizer_dir, query_recall=0.5))
+    assert all(r[log_key] > 0 for r in records)
+    first = Trainer(run_config(tmp_path / "split", tokenizer_dir, **extra))
     first.train(steps=2, progress=False)
     del first
-    resumed = Trainer(run_config(tmp_path / "split", tokenizer_dir, query_recall=0.5),
-                      resume=True)
+    resumed = Trainer(run_config(tmp_path / "split", tokenizer_dir, **extra), resume=True)
     assert resumed.train(progress=False) == losses_full[2:]
     with pytest.raises(ValueError, match="changed"):
         Trainer(run_config(tmp_path / "split", tokenizer_dir), resume=True)
     exported = loading.read_tensors(str(tmp_path / "full"))
     assert exported.keys() == loading.read_tensors(str(tmp_path / "plain")).keys()
+
+
+def test_query_recall_run_resumes_exactly_and_exports_no_extra_weights(tmp_path, tokenizer_dir):
+    check_training_only_loss(tmp_path, tokenizer_dir, "query_recall_loss", query_recall=0.5)
 
 
 def test_keep_readouts_run_resumes_exactly_and_exports_no_extra_weights(tmp_path, tokenizer_dir):
-    full = Trainer(run_config(tmp_path / "full", tokenizer_dir, keep_readouts=0.5))
-    batch = full.batches(0)[0]
-    targets = batch.token_targets
-    tokens = batch.image_input_idx.shape[1:]  # (T, K): one target per image token
+    run = Trainer(run_config(tmp_path / "targets", tokenizer_dir, keep_readouts=0.5))
+    targets = run.batches(0)[0].token_targets
+    tokens = run.batches(0)[0].image_input_idx.shape[1:]  # (T, K): one target per image token
     assert targets.owned.shape == (1,) + tuple(tokens)
     assert bool(targets.owned.any())  # the tiny scene's objects own some tokens
-    losses_full = full.train(progress=False)
-    plain = Trainer(run_config(tmp_path / "plain", tokenizer_dir))
-    assert plain.batches(0)[0].token_targets is None
-    assert plain.train(progress=False)[0] == losses_full[0]  # "loss" is the answer loss alone
-    assert losses_full[1:] != plain.losses[1:]  # the read-out losses changed the updates
-    records = [json.loads(line)
-               for line in (tmp_path / "full" / LOG_NAME).read_text().splitlines()]
-    assert all(r["readout_loss"] > 0 for r in records)
-    first = Trainer(run_config(tmp_path / "split", tokenizer_dir, keep_readouts=0.5))
-    first.train(steps=2, progress=False)
-    del first
-    resumed = Trainer(run_config(tmp_path / "split", tokenizer_dir, keep_readouts=0.5),
-                      resume=True)
-    assert resumed.train(progress=False) == losses_full[2:]
-    with pytest.raises(ValueError, match="changed"):
-        Trainer(run_config(tmp_path / "split", tokenizer_dir), resume=True)
-    exported = loading.read_tensors(str(tmp_path / "full"))
-    assert exported.keys() == loading.read_tensors(str(tmp_path / "plain")).keys()
+    assert Trainer(run_config(tmp_path / "none", tokenizer_dir)).batches(0)[0] \
+        .token_targets is None
+    check_training_only_loss(tmp_path, tokenizer_dir, "readout_loss", keep_readouts=0.5)
