@@ -18,6 +18,7 @@ The gap between the two says whether shape is lost to resolution or to the visio
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
@@ -69,7 +70,7 @@ def load_vision(directory: str):
     """(config, encode): ``encode(crops (1, T, P, D)) -> (patch features, image tokens)`` of
     a stage-0 output (``vision.safetensors``) or of a trained model."""
     from videomolmo_ros.model import loading
-    from videomolmo_ros.train.vision_pretrain import (VISION_PREFIX, WEIGHTS_NAME,
+    from videomolmo_ros.train.vision_pretrain import (RECIPE_NAME, VISION_PREFIX, WEIGHTS_NAME,
                                                       VisionPretrainer)
 
     path = Path(directory)
@@ -77,11 +78,14 @@ def load_vision(directory: str):
         from safetensors.torch import load_file
 
         from videomolmo_ros.train.presets import preset
+        from videomolmo_ros.train.tokenizer import DEFAULT_BASE_VOCAB
 
-        config = preset("small")
+        # The run's own preset and overrides (e.g. another patch size), as pretrain built it.
+        recipe = json.loads((path / RECIPE_NAME).read_text())["config"]
+        config = preset(recipe["preset"], DEFAULT_BASE_VOCAB, **recipe["model_overrides"])
         model = VisionPretrainer(config)
         state = {k[len(VISION_PREFIX):]: v for k, v in load_file(str(path / WEIGHTS_NAME)).items()}
-        model.backbone.load_state_dict(state, strict=False)
+        model.backbone.load_state_dict(state)
         return config, model.eval()
     model = loading.load_videomolmo(directory).eval()
     backbone = model.vision_backbone
@@ -178,7 +182,7 @@ def main() -> None:
     for directory in args.directories:
         try:
             config, encode = load_vision(directory)
-        except (OSError, ValueError, RuntimeError) as error:
+        except (OSError, KeyError, ValueError, RuntimeError) as error:
             raise SystemExit(f"cannot load {directory!r}: {error}")
         patches, tokens, y, _ = feature_dataset(train, config, encode)
         test_patches, test_tokens, ty, tl = feature_dataset(test, config, encode)

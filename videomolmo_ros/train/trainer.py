@@ -107,6 +107,7 @@ class TrainConfig:
     # (colour read at 0.97 after stage 0 fell to 0.44 through the pointing stages) while the
     # LLM has not yet learnt to use it. Not in the paper (its CLIP is frozen knowledge).
     keep_readouts: float = 0.0
+
     def __post_init__(self) -> None:
         if isinstance(self.data, dict):
             self.data = DataConfig(**{**self.data, "kinds": tuple(self.data.get(
