@@ -386,7 +386,7 @@ def load_pretrained_vision(model: torch.nn.Module, directory: str | Path) -> Non
     backbone.load_state_dict(state, strict=False)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def parse_args(argv: Sequence[str] | None = None) -> tuple[PretrainConfig, argparse.Namespace]:
     defaults = PretrainConfig(output_dir="")
     p = argparse.ArgumentParser(prog="python -m videomolmo_ros.train.vision_pretrain",
                                 description=__doc__,
@@ -413,6 +413,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                             frames_per_scene=a.frames_per_scene, lr=a.lr,
                             warmup_steps=a.warmup_steps, seed=a.seed, threads=a.threads,
                             object_attributes=a.object_attributes)
+    return config, a
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config, a = parse_args(argv)
     scores = pretrain(config, progress=not a.no_progress)
     print(json.dumps({k: round(v, 4) for k, v in scores.items()}))
     return 0

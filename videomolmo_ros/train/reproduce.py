@@ -1,0 +1,151 @@
+"""``python -m videomolmo_ros.train.reproduce RECIPE``: the shell commands that re-run a model's
+training, every stage of its curriculum, from the recipe ``train.ship`` saved with it.
+
+A shipped model is the end of a chain (stage-0 vision pre-training, then pointing stages each
+started from the previous one, some stopped before the end of their schedule); typing that chain
+by hand from five JSON configs is how a model card's "exact command" goes wrong. Here each
+recorded config becomes the command line whose parsed config is that config (tested as a round
+trip), and each ``--init-from`` names where the previous command leaves its model (its run
+directory, or its checkpoint when it stopped early). Runs are seeded: the commands re-run the
+same steps, with the code of the commit that trained the model (see the model card).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+from pathlib import Path
+from typing import Any, Sequence
+
+from videomolmo_ros.train.dataset import DataConfig
+from videomolmo_ros.train.trainer import CHECKPOINTS, TrainConfig
+
+TRAIN = "python -m videomolmo_ros.train"
+VISION_PRETRAIN = "python -m videomolmo_ros.train.vision_pretrain"
+
+
+class RecipeError(ValueError):
+    """A recipe that no command line can express."""
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(", ", ": "))
+
+
+def train_arguments(config: dict[str, Any], stop_after: int | None = None) -> list[str]:
+    """The ``python -m videomolmo_ros.train`` arguments that parse to ``config`` (a saved
+    ``TrainConfig``)."""
+    defaults = TrainConfig(output_dir="")
+    if tuple(config.get("betas", defaults.betas)) != tuple(defaults.betas) or \
+            config.get("eps", defaults.eps) != defaults.eps:  # the paper's; no flag sets them
+        raise RecipeError(f"betas/eps {config.get('betas')}/{config.get('eps')} have no "
+                          "command-line flag")
+    data = {**DataConfig().__dict__, **config.get("data", {})}
+    args = ["--out", config["output_dir"], "--preset", config.get("preset", defaults.preset)]
+    if config.get("model_overrides"):
+        args += ["--model-overrides", _json(config["model_overrides"])]
+    if not config.get("temporal", True):
+        args.append("--no-temporal")
+    for flag, key in (("--steps", "steps"), ("--batch-frames", "batch_frames"),
+                      ("--grad-accum", "grad_accum"), ("--lr-llm", "lr_llm"),
+                      ("--lr-vision", "lr_vision"), ("--weight-decay", "weight_decay"),
+                      ("--warmup-steps", "warmup_steps"), ("--min-lr-ratio", "min_lr_ratio"),
+                      ("--max-grad-norm", "max_grad_norm"), ("--seed", "seed"),
+                      ("--save-every", "save_every"), ("--keep-checkpoints", "keep_checkpoints"),
+                      ("--monitor-every", "monitor_every"), ("--query-recall", "query_recall"),
+                      ("--keep-readouts", "keep_readouts")):
+        args += [flag, repr(config.get(key, getattr(defaults, key)))]
+    for flag, key in (("--data-seed", "seed"), ("--queries-per-frame", "queries_per_frame"),
+                      ("--frames-per-scene", "frames_per_scene"), ("--interleave", "interleave"),
+                      ("--history-frames", "history_frames"), ("--captions", "captions")):
+        args += [flag, repr(data[key])]
+    if data.get("pool_size") is not None:
+        args += ["--pool-size", repr(data["pool_size"])]
+    args += ["--kinds", ",".join(data["kinds"]), "--scene", _json(data.get("scene", {}))]
+    for flag, key in (("--tokenizer", "tokenizer"), ("--threads", "threads"),
+                      ("--init-from", "init_from"), ("--init-vision-from", "init_vision_from")):
+        if config.get(key) is not None:
+            args += [flag, str(config[key])]
+    if not config.get("init_connector", True):
+        args.append("--no-init-connector")
+    if not config.get("init_positions", True):
+        args.append("--no-init-positions")
+    if stop_after is not None:
+        args += ["--stop-after", str(stop_after)]
+    return args
+
+
+def vision_pretrain_arguments(config: dict[str, Any]) -> list[str]:
+    """The ``python -m videomolmo_ros.train.vision_pretrain`` arguments that parse to
+    ``config`` (a saved ``PretrainConfig``)."""
+    from videomolmo_ros.train.vision_pretrain import PretrainConfig
+
+    defaults = PretrainConfig(output_dir="")
+    for key in ("weight_decay", "held_out_scenes"):
+        if config.get(key, getattr(defaults, key)) != getattr(defaults, key):
+            raise RecipeError(f"{key}={config[key]} has no command-line flag")
+    args = ["--out", config["output_dir"], "--preset", config.get("preset", defaults.preset)]
+    if config.get("model_overrides"):
+        args += ["--model-overrides", _json(config["model_overrides"])]
+    if config.get("scene"):
+        args += ["--scene", _json(config["scene"])]
+    for flag, key in (("--steps", "steps"), ("--frames-per-step", "frames_per_step"),
+                      ("--frames-per-scene", "frames_per_scene"), ("--lr", "lr"),
+                      ("--warmup-steps", "warmup_steps"), ("--seed", "seed")):
+        args += [flag, repr(config.get(key, getattr(defaults, key)))]
+    if config.get("threads") is not None:
+        args += ["--threads", str(config["threads"])]
+    if config.get("object_attributes"):
+        args.append("--object-attributes")
+    return args
+
+
+def chain_commands(recipe: dict[str, Any]) -> list[str]:
+    """One shell command per stage, oldest first, for a recipe written by ``train.ship``
+    (``stages`` then the final run's own ``config`` and ``step``)."""
+    stages = list(recipe.get("stages", [])) + [
+        {"stage": "train", "config": recipe["config"], "step": recipe.get("step")}]
+    commands: list[str] = []
+    previous_model: str | None = None  # where the last train command leaves its model
+    previous_vision: str | None = None
+    for stage in stages:
+        config = dict(stage["config"])
+        if stage["stage"] == "vision_pretrain":
+            previous_vision = config["output_dir"]
+            commands.append(" ".join([VISION_PRETRAIN] + [shlex.quote(a) for a in
+                                                          vision_pretrain_arguments(config)]))
+            continue
+        if config.get("init_from"):
+            if previous_model is None:
+                raise RecipeError(f"{config['output_dir']} starts from {config['init_from']}, "
+                                  "whose recipe is not in the chain")
+            config["init_from"] = previous_model
+        if config.get("init_vision_from"):
+            if previous_vision is None:
+                raise RecipeError(f"{config['output_dir']} starts from the stage 0 "
+                                  f"{config['init_vision_from']}, not in the chain")
+            config["init_vision_from"] = previous_vision
+        step, steps = stage.get("step"), config["steps"]
+        stop_after = step if step is not None and step < steps else None
+        commands.append(" ".join([TRAIN] + [shlex.quote(a) for a in
+                                            train_arguments(config, stop_after)]))
+        previous_model = (config["output_dir"] if stop_after is None else
+                          str(Path(config["output_dir"]) / CHECKPOINTS / f"step-{step:06d}"))
+    return commands
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("recipe", help="a training.json written by train.ship (or by a run)")
+    args = parser.parse_args(argv)
+    try:
+        recipe = json.loads(Path(args.recipe).read_text())
+        commands = chain_commands(recipe)
+    except (OSError, ValueError, KeyError) as error:
+        raise SystemExit(f"cannot read a recipe from {args.recipe}: {error}") from error
+    print("\n".join(commands))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
