@@ -14,6 +14,8 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=[PACKAGE, f"{PACKAGE}.*"]),
+    # the shipped small model: weights, tokenizer, config and model card
+    package_data={PACKAGE: ["weights/*/*"]},
     install_requires=["numpy", "opencv-python-headless", "PyYAML"],
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),

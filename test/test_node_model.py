@@ -64,11 +64,29 @@ def test_node_points_with_a_checkpoint_loaded_by_the_real_loader():
         assert node.stop() is not None
 
 
-def test_node_refuses_to_start_without_a_model_path():
-    node = NodeProcess(parameters={"pointer.backend": "videomolmo"},
+def test_node_without_a_model_path_points_with_the_shipped_model():
+    """pointer.backend videomolmo and model.path "" (the params file's default): the small
+    model shipped in the package, loaded by the real loader, answers a typed query."""
+    node = NodeProcess(remappings={"camera/image_raw": IMAGE_TOPIC},
+                       parameters={"pointer.backend": "videomolmo", "k": 3, "l": 2},
                        log_path=Path(tempfile.mkdtemp()) / "node.log")
-    assert node.process.wait(timeout=60) == 2
-    assert "needs model.path" in node.log()
+    client = PointingClient(IMAGE_TOPIC)
+    try:
+        assert client.wait_for_node(60, alive=node.alive), node.log()
+        assert wait_for(lambda: "weights/videomolmo-small" in node.log(), 10), node.log()
+        scene = make_scene(SceneConfig(seed=2, num_frames=4))
+        assert client.publish_and_wait(scene.frames[0], scene.stamp_ns(0), timeout=30)
+        future = client.ask("the red circle", track=False, timeout_s=60)
+        assert client.wait_for_query("the red circle"), node.log()
+        for t in range(1, 4):  # answered on the next keyframe (k = 3)
+            assert client.publish_and_wait(scene.frames[t], scene.stamp_ns(t), timeout=30)
+        assert wait_for(future.done, 60), node.log()
+        answer = future.result()
+        assert answer.success, answer.message
+        assert answer.count == len(answer.points)
+    finally:
+        client.close()
+        assert node.stop() is not None
 
 
 def test_node_refuses_a_missing_checkpoint_with_a_reason():

@@ -28,7 +28,8 @@ class PointerSettings:
     # oracle: replays the ground-truth points of the synthetic scene of this seed/config
     oracle_scene_seed: int = 0
     oracle_scene_config: dict[str, Any] = field(default_factory=dict)
-    # videomolmo: a checkpoint directory (release layout) or a repo id in the local HF cache
+    # videomolmo: a checkpoint directory (release layout) or a repo id in the local HF cache;
+    # "" = the small model shipped with the package (``model.shipped``)
     model_path: str = ""
     model_dtype: str = "fp32"
     model_device: str = "cpu"
@@ -73,9 +74,9 @@ def make_pointer(settings: PointerSettings) -> Pointer:
             raise BackendError(f"bad oracle scene config: {error}") from error
         return OraclePointer(make_scene(config))
     if settings.backend == "videomolmo":
-        if not settings.model_path:
-            raise BackendError("pointer.backend 'videomolmo' needs model.path (a checkpoint "
-                               "directory or a repo id in the local Hugging Face cache)")
+        from videomolmo_ros.model.shipped import shipped_model_dir
+
+        model_path = settings.model_path or str(shipped_model_dir())
         try:
             from videomolmo_ros.model.pointer import VideoMolmoPointer
         except ImportError as error:
@@ -83,11 +84,11 @@ def make_pointer(settings: PointerSettings) -> Pointer:
                                f"{error}") from error
         try:
             return VideoMolmoPointer.from_pretrained(
-                settings.model_path, dtype=settings.model_dtype, device=settings.model_device,
+                model_path, dtype=settings.model_dtype, device=settings.model_device,
                 quantization=settings.model_quantization or None,
                 history_frames=settings.history_frames, max_new_tokens=settings.max_new_tokens)
         except (OSError, ValueError, RuntimeError, NotImplementedError) as error:
-            raise BackendError(f"cannot load the model from {settings.model_path!r}: "
+            raise BackendError(f"cannot load the model from {model_path!r}: "
                                f"{error}") from error
     raise BackendError(f"unknown pointer backend {settings.backend!r}; known: {', '.join(POINTERS)}")
 

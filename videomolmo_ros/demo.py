@@ -7,9 +7,9 @@ video, a contact sheet PNG and a JSON of results; it prints J&F of the fused and
 masks against the ground truth.
 
 Who points: the oracle (default: the scene's ground-truth points, which shows the mask stage
-alone), or a VideoMolmo checkpoint (``--pointer videomolmo --model DIR``, e.g. one trained with
-``python -m videomolmo_ros.train``; it takes any typed query, scored when it is one of the
-scene's expressions).
+alone), or VideoMolmo (``--pointer videomolmo``): the small model shipped with the package, or
+the checkpoint ``--model DIR`` (e.g. one trained with ``python -m videomolmo_ros.train``); it
+takes any typed query, scored when it is one of the scene's expressions.
 """
 from __future__ import annotations
 
@@ -46,7 +46,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--pointer", default="oracle", choices=("oracle", "videomolmo"),
                         help="who points: the ground-truth oracle (default) or the network")
     parser.add_argument("--model", default="",
-                        help="checkpoint directory (release layout) for --pointer videomolmo")
+                        help="checkpoint directory (release layout) for --pointer videomolmo "
+                             "(default: the small model shipped in videomolmo_ros/weights)")
     parser.add_argument("--segmenter", default="auto", choices=("auto", "classical", "sam2"),
                         help="mask backend (auto: sam2 when --sam2-checkpoint is given)")
     parser.add_argument("--sam2-checkpoint", default="", help="SAM2 .pt file")
@@ -95,9 +96,6 @@ def pick_queries(scene, wanted: list[str], pointer: str = "oracle") -> list[Demo
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.pointer == "videomolmo" and not args.model:
-        raise SystemExit("--pointer videomolmo needs --model DIR (a checkpoint in the release "
-                         "layout, e.g. the output of python -m videomolmo_ros.train)")
     require_loopback_dds()
     scene = make_scene(SceneConfig(seed=args.seed, num_frames=max(args.frames, 2)))
     frames = min(args.frames, len(scene.frames))
@@ -109,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         print("pointer: ORACLE — it replays the synthetic scene's ground-truth points on "
               f"keyframes; masks: the {segmenter} segmenter.")
     else:
-        print(f"pointer: VideoMolmo ({args.model}); masks: the {segmenter} segmenter.")
+        print(f"pointer: VideoMolmo ({args.model or 'the shipped small model'}); masks: the "
+              f"{segmenter} segmenter.")
     log_path = args.out / "node.log"
     node = NodeProcess(DEFAULT_CONFIG, remappings={"camera/image_raw": IMAGE_TOPIC},
                        parameters={"pointer.backend": args.pointer, "model.path": args.model,

@@ -153,8 +153,13 @@ class PointingNode(Node):
         self._worker = threading.Thread(target=self._work, name="videomolmo-worker",
                                         daemon=True)
         self._worker.start()
+        pointer = settings.backend
+        if pointer == "videomolmo":
+            from videomolmo_ros.model.shipped import shipped_model_dir
+
+            pointer += f" model={settings.model_path or shipped_model_dir()}"
         self.get_logger().info(
-            f"ready: cameras={self.cameras} pointer={settings.backend} "
+            f"ready: cameras={self.cameras} pointer={pointer} "
             f"segmenter={segmenter.name} k={p('k')} l={p('l')} tau={p('tau')}")
 
     # ----------------------------------------------------------------- parameters

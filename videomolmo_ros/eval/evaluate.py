@@ -35,6 +35,7 @@ from videomolmo_ros.eval.datasets.base import Expression, VideoSample
 from videomolmo_ros.eval.report import summary_markdown, videos_markdown
 from videomolmo_ros.eval.runner import PointerFactory, expression_passes, run_video
 from videomolmo_ros.eval.scoring import summarize
+from videomolmo_ros.model.shipped import shipped_model_dir
 from videomolmo_ros.stream import EngineConfig
 
 SETTINGS_FILE = "run.json"
@@ -60,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pointer", default="videomolmo", choices=("oracle", "videomolmo"))
     parser.add_argument("--oracle-points", action="store_true",
                         help="ground-truth points from the masks: score the mask stage alone")
-    parser.add_argument("--model", default="", help="checkpoint dir or HF repo id (videomolmo)")
+    parser.add_argument("--model", default="", help="checkpoint dir or HF repo id (videomolmo; "
+                        "default: the small model shipped in videomolmo_ros/weights)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="fp32")
     parser.add_argument("--quantization", default="", help='"", "fp4" or "nf4"')
@@ -91,7 +93,7 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
     """The run's settings as stored in run.json."""
     pointer = "oracle" if args.oracle_points else args.pointer
     return {"dataset": canonical_name(args.dataset), "split": args.split, "pointer": pointer,
-            "model": args.model if pointer == "videomolmo" else "",
+            "model": (args.model or str(shipped_model_dir())) if pointer == "videomolmo" else "",
             "segmenter": args.segmenter, "sam2_checkpoint": args.sam2_checkpoint,
             "sam2_config": args.sam2_config, "sam2_image_size": args.sam2_image_size,
             "k": args.k, "l": args.l, "tau": args.tau,
@@ -171,7 +173,7 @@ def pointer_factory(settings: dict[str, Any], args: argparse.Namespace) -> Point
                                      min_visible_pixels=settings["min_visible_pixels"])
         return oracle
     model = make_pointer(PointerSettings(
-        backend="videomolmo", model_path=args.model, model_dtype=args.dtype,
+        backend="videomolmo", model_path=settings["model"], model_dtype=args.dtype,
         model_device=args.device, model_quantization=args.quantization,
         max_new_tokens=args.max_new_tokens, history_frames=args.l))
     return lambda sample, expressions: model
@@ -180,9 +182,6 @@ def pointer_factory(settings: dict[str, Any], args: argparse.Namespace) -> Point
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """Run (or resume) an evaluation; returns the summary JSON."""
     settings = settings_of(args)
-    if settings["pointer"] == "videomolmo" and not args.model:
-        raise EvaluationError("--pointer videomolmo needs --model (a checkpoint directory or a "
-                              "repo id in the local Hugging Face cache); or use --oracle-points")
     try:
         dataset = open_dataset(settings["dataset"], args.root, args.split)
     except DatasetError as error:

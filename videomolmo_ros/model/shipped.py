@@ -1,6 +1,7 @@
 """Where the small VideoMolmo this project trains ships: ``weights/videomolmo-small`` inside
-the package, with its model card ``README.md`` (written there by ``train.ship``). Once a
-trained model meets issue 4's targets it becomes the node's and the demo's default model.
+the package (weights by ``train.ship``, model card ``README.md`` by hand). It is what
+``pointer.backend: videomolmo`` loads when ``model.path`` is empty. Once a trained model meets
+issue 4's targets it also becomes the node's and the demo's default pointer (today: the oracle).
 
 It is the published architecture at a small size, trained here from scratch on the synthetic
 referring videos (``python -m videomolmo_ros.train``), so it understands the synthetic scenes'

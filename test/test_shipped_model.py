@@ -1,0 +1,57 @@
+"""The shipped small VideoMolmo (``pointer.backend: videomolmo`` without ``model.path``): small,
+complete, documented, loadable by the real loader, and pointing far better than chance on
+synthetic scenes it never saw (seeds below the training range).
+
+It is below issue 4's targets (its card says so), so the thresholds below guard what it does
+(measured on these seeds: all-query F1 0.17, spatial 0.33, random points 0.004), not what it
+should do; a broken loader, pre-processing or prompt brings the points to chance and fails
+them."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from videomolmo_ros.model.shipped import shipped_model_dir  # noqa: E402
+from videomolmo_ros.train.dataset import TRAIN_SEED_OFFSET  # noqa: E402
+from videomolmo_ros.train.evaluate import RandomPointer, evaluate_pointer  # noqa: E402
+from videomolmo_ros.train.reproduce import chain_commands  # noqa: E402
+
+SHIPPED = shipped_model_dir()
+HELD_OUT_SEEDS = range(910_000, 910_003)  # not the model card's evaluation seeds either
+
+
+def test_shipped_model_is_small_documented_and_reproducible():
+    files = {p.name: p for p in SHIPPED.iterdir()}
+    assert "config.json" in files and any(n.endswith(".safetensors") for n in files)
+    assert "tokenizer.json" in files and "training.json" in files
+    size = sum(p.stat().st_size for p in files.values())
+    assert size < 12e6, f"{size / 1e6:.1f} MB"
+    card = files["README.md"].read_text()
+    assert "python -m videomolmo_ros.train " in card and "F1" in card
+    recipe = json.loads(files["training.json"].read_text())
+    assert recipe["step"] == recipe["config"]["steps"]  # a finished run, not a checkpoint
+    for command in chain_commands(recipe):  # the card quotes every stage's exact command
+        assert command in card, command
+    assert max(HELD_OUT_SEEDS) < TRAIN_SEED_OFFSET
+
+
+@pytest.fixture(scope="module")
+def shipped_pointer(torch_one_thread):
+    from videomolmo_ros.model.pointer import VideoMolmoPointer
+
+    return VideoMolmoPointer.from_pretrained(str(SHIPPED), max_new_tokens=120)
+
+
+def test_shipped_model_points_far_above_chance_on_held_out_scenes(shipped_pointer):
+    kinds = ("attribute", "spatial", "counting")
+    model = evaluate_pointer(shipped_pointer, HELD_OUT_SEEDS, keyframes_per_scene=2, kinds=kinds)
+    chance = evaluate_pointer(RandomPointer(), HELD_OUT_SEEDS, keyframes_per_scene=2,
+                              kinds=kinds)
+    assert model["all"]["queries"] > 150
+    assert model["all"]["f1"] >= chance["all"]["f1"] + 0.1, (model["all"], chance["all"])
+    assert model["spatial"]["f1"] >= chance["spatial"]["f1"] + 0.2, model["spatial"]
+    assert model["all"]["nearest_referent"] > 0.3 and model["all"]["error_px"] < 20, model["all"]
