@@ -14,8 +14,8 @@ from random weights, with AdamW and a linear warm-up:
   CNN's);
 * ``vit-conv``: ``vit`` with its linear patch embedding replaced by two 3x3 convolutions over
   the whole view (32 and 64 channels, a 2x2 max-pool between), max-pooled inside each patch,
-  then a linear layer: a convolutional stem, which crosses patch borders and does not care
-  where in its patch an object falls (not in the release: a candidate for the small model);
+  then a linear layer (``vision.ConvPatchEmbedding``, the model's ``image_patch_embedding:
+  "conv"``): it crosses patch borders and does not care where in its patch an object falls;
 * ``cnn``: three 3x3 convolutions (32, 64, 64 channels, two 2x2 max-pools), global max-pool,
   a linear layer.
 
@@ -74,16 +74,12 @@ class ViTClassifier(nn.Module):
     """The preset's vision side (as ``VisionPretrainer`` builds it) + a linear layer on the
     centre patch's feature, or on the features max-pooled over the patches."""
 
-    def __init__(self, config, pool: str = "centre", conv_stem: bool = False) -> None:
+    def __init__(self, config, pool: str = "centre") -> None:
         super().__init__()
         from videomolmo_ros.train.vision_pretrain import VisionPretrainer
 
         self.pool = pool
         self.backbone = VisionPretrainer(config, seed=0).backbone
-        if conv_stem:
-            vision = config.vision_backbone
-            self.backbone.image_vit.patch_embedding = ConvPatchEmbedding(
-                vision.image_patch_size, vision.image_emb_dim)
         self.head = nn.Linear(config.image_feature_dim, len(SHAPES))
 
     def forward(self, crops: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
@@ -91,25 +87,6 @@ class ViTClassifier(nn.Module):
         if self.pool == "max":
             return self.head(features.max(dim=1).values)
         return self.head(features[torch.arange(len(features)), centres])
-
-
-class ConvPatchEmbedding(nn.Module):
-    """Drop-in for the ViT's ``patch_embedding``: pre-cut patches (N, P, p*p*3) -> (N, P, dim)
-    through convolutions over the re-assembled view, max-pooled per patch."""
-
-    def __init__(self, patch: int, dim: int) -> None:
-        super().__init__()
-        self.patch = patch
-        self.stem = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                                  nn.Conv2d(32, 64, 3, padding=1), nn.ReLU())
-        self.linear = nn.Linear(64, dim)
-
-    def forward(self, patches: torch.Tensor) -> torch.Tensor:
-        n, count, _ = patches.shape
-        p, side = self.patch, int(round(count ** 0.5))
-        image = patches.reshape(n, side, side, p, p, 3).permute(0, 5, 1, 3, 2, 4)
-        maps = self.stem(image.reshape(n, 3, side * p, side * p))
-        return self.linear(F.adaptive_max_pool2d(maps, side).flatten(2).transpose(1, 2))
 
 
 class CNNClassifier(nn.Module):
@@ -148,12 +125,15 @@ def main() -> int:
         parser.error("--steps, --every and --held-out must be positive")
     torch.set_num_threads(args.threads)
     try:
-        config = preset(args.preset, **json.loads(args.model_overrides))
+        overrides = json.loads(args.model_overrides)
+        config = preset(args.preset, **overrides)
+        conv = preset(args.preset, **{**overrides, "vision_backbone": {
+            **overrides.get("vision_backbone", {}), "image_patch_embedding": "conv"}})
     except (ValueError, TypeError) as error:
         raise SystemExit(f"bad model configuration: {error}") from error
     torch.manual_seed(0)
     learners = {"vit": ViTClassifier(config), "vit-max": ViTClassifier(config, pool="max"),
-                "vit-conv": ViTClassifier(config, conv_stem=True), "cnn": CNNClassifier(config)}
+                "vit-conv": ViTClassifier(conv), "cnn": CNNClassifier(config)}
     optimizers = {name: torch.optim.AdamW(m.parameters(), lr=args.lr, betas=(0.9, 0.95),
                                           eps=1e-6, weight_decay=0.05)
                   for name, m in learners.items()}

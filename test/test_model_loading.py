@@ -1,6 +1,7 @@
 """Checkpoints in the release layout: strict key mapping, round trips, variants, dtypes, errors."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -19,6 +20,7 @@ from videomolmo_ros.model.loading import (CheckpointMismatchError,  # noqa: E402
 from videomolmo_ros.model.testing import fixed_input_logits as logits  # noqa: E402
 from videomolmo_ros.model.testing import tiny_tokenizer  # noqa: E402
 from videomolmo_ros.model.videomolmo import VideoMolmoModel  # noqa: E402
+from videomolmo_ros.model.vision import ConvPatchEmbedding  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -145,6 +147,27 @@ def test_padding_embeddings_variant_round_trips() -> None:
         loaded = load_videomolmo(directory)
     assert loaded.config.image_padding_embed == "pad_and_partial_pad"
     assert torch.equal(loaded.vision_backbone.pad_embed, molmo.vision_backbone.pad_embed)
+
+
+def test_conv_patch_embedding_variant_round_trips() -> None:
+    """image_patch_embedding "conv" (not in the release): its stem is saved under the vision
+    backbone's names and loads back to the same outputs; the config says which embedding."""
+    torch.manual_seed(2)
+    config = VideoMolmoConfig.tiny(vision_backbone={
+        **dataclasses.asdict(VideoMolmoConfig.tiny().vision_backbone),
+        "image_patch_embedding": "conv"})
+    conv = VideoMolmoModel(config).eval()
+    assert isinstance(conv.vision_backbone.image_vit.patch_embedding, ConvPatchEmbedding)
+    with tempfile.TemporaryDirectory() as directory:
+        save_release_layout(conv, directory)
+        assert json.loads(open(os.path.join(directory, "config.json")).read())[
+            "vision_backbone"]["image_patch_embedding"] == "conv"
+        names = loading.read_tensors(directory)
+        loaded = load_videomolmo(directory)
+    assert any(".patch_embedding.stem." in name for name in names)
+    assert torch.equal(logits(conv), logits(loaded))
+    with pytest.raises(ValueError, match="image_patch_embedding"):
+        VideoMolmoConfig.tiny(vision_backbone={"image_patch_embedding": "cnn"})
 
 
 def test_bf16_loading(model: VideoMolmoModel, checkpoint: str) -> None:

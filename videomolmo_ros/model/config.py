@@ -56,9 +56,19 @@ class VisionBackboneConfig:
     attention_dropout: float = 0.0
     residual_dropout: float = 0.0
     initializer_range: float = 0.02
+    # How pixels become patch vectors. "linear": the release's bias-free Linear over the pre-cut
+    # patch. "conv" (not in the release; ``vision.ConvPatchEmbedding``): 3x3 convolutions over
+    # the whole view, max-pooled inside each patch. Why: trained from scratch, the small ViT
+    # with the linear embedding stayed at chance on the shape of one object for 600 steps
+    # where the conv embedding learnt it as fast as a CNN (benchmarks/shape_learning.py);
+    # Molmo's linear embedding comes from CLIP's pre-training, which has no equivalent here.
+    image_patch_embedding: str = "linear"
 
     def __post_init__(self) -> None:
         self.image_default_input_size = tuple(int(v) for v in self.image_default_input_size)
+        if self.image_patch_embedding not in ("linear", "conv"):
+            raise ValueError(f"image_patch_embedding must be 'linear' or 'conv', not "
+                             f"{self.image_patch_embedding!r}")
 
     @property
     def image_num_patch(self) -> tuple[int, int]:

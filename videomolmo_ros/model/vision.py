@@ -48,6 +48,30 @@ def clip_block_config(config: VideoMolmoConfig) -> CLIPVisionConfig:
     return block
 
 
+class ConvPatchEmbedding(nn.Module):
+    """Pre-cut patches (N, P, patch*patch*3) of a square crop -> (N, P, D): two 3x3
+    convolutions over the re-assembled crop (32 and 64 channels, a 2x2 max-pool between),
+    max-pooled inside each patch, then a linear layer. Not in the release (see
+    ``VisionBackboneConfig.image_patch_embedding``); written by hand, as no library has it."""
+
+    def __init__(self, patch_size: int, dim: int) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.stem = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                                  nn.Conv2d(32, 64, 3, padding=1), nn.ReLU())
+        self.linear = nn.Linear(64, dim)
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        n, count, _ = patches.shape
+        p, side = self.patch_size, math.isqrt(count)
+        if side * side != count:
+            raise ValueError(f"the conv patch embedding needs a square crop, got {count} patches")
+        crop = patches.reshape(n, side, side, p, p, 3).permute(0, 5, 1, 3, 2, 4)
+        maps = self.stem(crop.reshape(n, 3, side * p, side * p))  # (N, 64, side*p/2, side*p/2)
+        pooled = F.adaptive_max_pool2d(maps, side)  # (N, 64, side, side): one cell per patch
+        return self.linear(pooled.flatten(2).transpose(1, 2))
+
+
 class VisionTransformer(nn.Module):
     """CLIP ViT over pre-cut patches; returns the hidden states the model needs."""
 
@@ -58,7 +82,10 @@ class VisionTransformer(nn.Module):
         dim = vision.image_emb_dim
         self.class_embedding = nn.Parameter(torch.zeros(dim))
         self.positional_embedding = nn.Parameter(torch.zeros(vision.image_num_pos, dim))
-        self.patch_embedding = nn.Linear(vision.image_patch_size ** 2 * 3, dim, bias=False)
+        if vision.image_patch_embedding == "conv":
+            self.patch_embedding = ConvPatchEmbedding(vision.image_patch_size, dim)
+        else:
+            self.patch_embedding = nn.Linear(vision.image_patch_size ** 2 * 3, dim, bias=False)
         self.pre_ln = LayerNormFp32(dim, eps=vision.image_norm_eps)
         block_config = clip_block_config(config)
         self.blocks = nn.ModuleList(CLIPEncoderLayer(block_config)
