@@ -54,4 +54,5 @@ def test_shipped_model_points_far_above_chance_on_held_out_scenes(shipped_pointe
     assert model["all"]["queries"] > 150
     assert model["all"]["f1"] >= chance["all"]["f1"] + 0.1, (model["all"], chance["all"])
     assert model["spatial"]["f1"] >= chance["spatial"]["f1"] + 0.2, model["spatial"]
-    assert model["all"]["nearest_referent"] > 0.3 and model["all"]["error_px"] < 20, model["all"]
+    # when it picks a right object it lands near its centre (random points: ~70 px away)
+    assert model["all"]["error_px"] < 20 <= chance["all"]["error_px"], (model["all"], chance["all"])
