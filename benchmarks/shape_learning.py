@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from videomolmo_ros.data.synthetic import SHAPES, SceneConfig, make_scene
-from videomolmo_ros.model.preprocessing import crop_frame, make_crop_layout
+from videomolmo_ros.model.preprocessing import crop_frame, make_crop_layout, patches_to_image
 from videomolmo_ros.train.presets import preset
 
 TRAIN_SEEDS, TEST_SEEDS = 2_000_000, 900_000
@@ -102,11 +102,7 @@ class CNNClassifier(nn.Module):
             nn.Linear(64, len(SHAPES)))
 
     def forward(self, crops: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
-        p = self.patch
-        n, _, patches, _ = crops.shape
-        side = int(round(patches ** 0.5))
-        image = crops[:, 0].reshape(n, side, side, p, p, 3).permute(0, 5, 1, 3, 2, 4)
-        return self.net(image.reshape(n, 3, side * p, side * p))
+        return self.net(patches_to_image(crops[:, 0], self.patch))
 
 
 def main() -> int:

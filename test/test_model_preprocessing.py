@@ -11,8 +11,8 @@ from videomolmo_ros.model.config import VideoMolmoConfig  # noqa: E402
 from videomolmo_ros.model.preprocessing import (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD,  # noqa: E402
                                                 ImageTokenIds, MultiCropPreprocessor,
                                                 black_frame, crop_frame, image_tokens,
-                                                make_crop_layout, patchify, resize_and_pad,
-                                                select_tiling)
+                                                make_crop_layout, patches_to_image,
+                                                patchify, resize_and_pad, select_tiling)
 from videomolmo_ros.model.testing import tiny_tokenizer  # noqa: E402
 
 IDS = ImageTokenIds(start=152064, end=152065, patch=152066, col=152067)  # Molmo's ids
@@ -20,13 +20,6 @@ IDS = ImageTokenIds(start=152064, end=152065, patch=152066, col=152067)  # Molmo
 
 def random_image(height: int, width: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
-
-
-def unpatchify(patches: np.ndarray, size: int, patch: int) -> np.ndarray:
-    """(P, patch*patch*3) -> (size, size, 3), the inverse of patchify for one crop."""
-    side = size // patch
-    blocks = patches.reshape(side, side, patch, patch, 3).transpose(0, 2, 1, 3, 4)
-    return blocks.reshape(size, size, 3)
 
 
 # ------------------------------------------------------------------------------------ pixels
@@ -61,6 +54,15 @@ def test_patchify_order_is_row_major_patches_of_y_x_channel() -> None:
     np.testing.assert_array_equal(patches[0, 2], image[0, 2:4, 0:2].reshape(-1))
 
 
+def test_patches_to_image_inverts_patchify_channels_first() -> None:
+    images = np.arange(2 * 6 * 6 * 3, dtype=np.float32).reshape(2, 6, 6, 3)
+    back = patches_to_image(torch.from_numpy(patchify(images, 3)), 3)
+    assert back.shape == (2, 3, 6, 6)
+    np.testing.assert_array_equal(back.permute(0, 2, 3, 1).numpy(), images)
+    with pytest.raises(ValueError, match="not a square crop"):
+        patches_to_image(torch.zeros(1, 6, 27), 3)
+
+
 @pytest.mark.parametrize("height, width, expected", [
     (336, 336, (1, 1)),     # fits one crop window exactly
     (480, 640, (2, 3)),
@@ -80,7 +82,7 @@ def test_crops_overlap_by_the_margins_and_global_view_first() -> None:
     assert layout.tiling == (1, 2) and layout.window == 56 and layout.crop_size == 112
     frame = crop_frame(image, layout, config)
     assert frame.crops.shape == (3, 64, 14 * 14 * 3) and frame.masks.shape == (3, 64)
-    crops = [unpatchify(c, 112, 14) for c in frame.crops.numpy()]
+    crops = patches_to_image(frame.crops, 14).permute(0, 2, 3, 1).numpy()  # (T, 112, 112, 3)
     # Global view = the whole frame resized into one crop, normalised.
     global_view, _ = resize_and_pad(image, (112, 112))
     expected = (global_view - np.asarray(OPENAI_CLIP_MEAN, np.float32)) / np.asarray(

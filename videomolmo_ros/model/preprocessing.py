@@ -25,6 +25,7 @@ are cut with the keyframe's layout (crop i of every frame covers the same region
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -116,6 +117,20 @@ def patchify(images: np.ndarray, patch_size: int) -> np.ndarray:
     blocks = images.reshape((n, rows, patch_size, cols, patch_size) + extra)
     order = (0, 1, 3, 2, 4) + tuple(range(5, 5 + len(extra)))
     return blocks.transpose(order).reshape(n, rows * cols, -1)
+
+
+def patches_to_image(patches: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """The inverse of ``patchify`` for a square crop, channels first for convolutions:
+    (N, side*side, p * p * C) -> (N, C, side * p, side * p)."""
+    n, count, size = patches.shape
+    side = math.isqrt(count)
+    channels = size // (patch_size * patch_size)
+    if side * side != count or channels * patch_size * patch_size != size:
+        raise ValueError(f"{count} patches of {size} values are not a square crop of "
+                         f"{patch_size} px patches")
+    blocks = patches.reshape(n, side, side, patch_size, patch_size, channels)
+    return blocks.permute(0, 5, 1, 3, 2, 4).reshape(n, channels, side * patch_size,
+                                                     side * patch_size)
 
 
 def select_tiling(height: float, width: float, window: int, max_crops: int) -> tuple[int, int]:

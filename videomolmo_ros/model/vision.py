@@ -22,6 +22,7 @@ from transformers import CLIPVisionConfig
 from transformers.models.clip.modeling_clip import CLIPEncoderLayer
 
 from videomolmo_ros.model.config import VideoMolmoConfig
+from videomolmo_ros.model.preprocessing import patches_to_image
 
 
 class LayerNormFp32(nn.LayerNorm):
@@ -62,12 +63,8 @@ class ConvPatchEmbedding(nn.Module):
         self.linear = nn.Linear(64, dim)
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
-        n, count, _ = patches.shape
-        p, side = self.patch_size, math.isqrt(count)
-        if side * side != count:
-            raise ValueError(f"the conv patch embedding needs a square crop, got {count} patches")
-        crop = patches.reshape(n, side, side, p, p, 3).permute(0, 5, 1, 3, 2, 4)
-        maps = self.stem(crop.reshape(n, 3, side * p, side * p))  # (N, 64, side*p/2, side*p/2)
+        side = math.isqrt(patches.shape[1])
+        maps = self.stem(patches_to_image(patches, self.patch_size))  # (N, 64, side*p/2, ...)
         pooled = F.adaptive_max_pool2d(maps, side)  # (N, 64, side, side): one cell per patch
         return self.linear(pooled.flatten(2).transpose(1, 2))
 
