@@ -275,8 +275,9 @@ def test_query_recall_run_resumes_exactly_and_exports_no_extra_weights(tmp_path,
 
 def test_keep_readouts_run_resumes_exactly_and_exports_no_extra_weights(tmp_path, tokenizer_dir):
     run = Trainer(run_config(tmp_path / "targets", tokenizer_dir, keep_readouts=0.5))
-    targets = run.batches(0)[0].token_targets
-    tokens = run.batches(0)[0].image_input_idx.shape[1:]  # (T, K): one target per image token
+    batch = run.batches(0)[0]
+    targets = batch.token_targets
+    tokens = batch.image_input_idx.shape[1:]  # (T, K): one target per image token
     assert targets.owned.shape == (1,) + tuple(tokens)
     assert bool(targets.owned.any())  # the tiny scene's objects own some tokens
     assert Trainer(run_config(tmp_path / "none", tokenizer_dir)).batches(0)[0] \

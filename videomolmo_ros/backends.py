@@ -74,9 +74,9 @@ def make_pointer(settings: PointerSettings) -> Pointer:
             raise BackendError(f"bad oracle scene config: {error}") from error
         return OraclePointer(make_scene(config))
     if settings.backend == "videomolmo":
-        from videomolmo_ros.model.shipped import shipped_model_dir
+        from videomolmo_ros.model.shipped import model_path_or_shipped
 
-        model_path = settings.model_path or str(shipped_model_dir())
+        model_path = model_path_or_shipped(settings.model_path)
         try:
             from videomolmo_ros.model.pointer import VideoMolmoPointer
         except ImportError as error:

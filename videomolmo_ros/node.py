@@ -155,9 +155,9 @@ class PointingNode(Node):
         self._worker.start()
         pointer = settings.backend
         if pointer == "videomolmo":
-            from videomolmo_ros.model.shipped import shipped_model_dir
+            from videomolmo_ros.model.shipped import model_path_or_shipped
 
-            pointer += f" model={settings.model_path or shipped_model_dir()}"
+            pointer += f" model={model_path_or_shipped(settings.model_path)}"
         self.get_logger().info(
             f"ready: cameras={self.cameras} pointer={pointer} "
             f"segmenter={segmenter.name} k={p('k')} l={p('l')} tau={p('tau')}")

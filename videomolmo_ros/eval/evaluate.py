@@ -35,7 +35,7 @@ from videomolmo_ros.eval.datasets.base import Expression, VideoSample
 from videomolmo_ros.eval.report import summary_markdown, videos_markdown
 from videomolmo_ros.eval.runner import PointerFactory, expression_passes, run_video
 from videomolmo_ros.eval.scoring import summarize
-from videomolmo_ros.model.shipped import shipped_model_dir
+from videomolmo_ros.model.shipped import model_path_or_shipped
 from videomolmo_ros.stream import EngineConfig
 
 SETTINGS_FILE = "run.json"
@@ -93,7 +93,7 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
     """The run's settings as stored in run.json."""
     pointer = "oracle" if args.oracle_points else args.pointer
     return {"dataset": canonical_name(args.dataset), "split": args.split, "pointer": pointer,
-            "model": (args.model or str(shipped_model_dir())) if pointer == "videomolmo" else "",
+            "model": model_path_or_shipped(args.model) if pointer == "videomolmo" else "",
             "segmenter": args.segmenter, "sam2_checkpoint": args.sam2_checkpoint,
             "sam2_config": args.sam2_config, "sam2_image_size": args.sam2_image_size,
             "k": args.k, "l": args.l, "tau": args.tau,

@@ -17,3 +17,8 @@ SHIPPED_MODEL_NAME = "videomolmo-small"
 def shipped_model_dir() -> Path:
     """Where the shipped model lives (installed along with the Python package)."""
     return Path(__file__).resolve().parent.parent / "weights" / SHIPPED_MODEL_NAME
+
+
+def model_path_or_shipped(model_path: str) -> str:
+    """What a ``model.path`` setting names: itself, or the shipped model when it is empty."""
+    return model_path or str(shipped_model_dir())
