@@ -5,6 +5,7 @@ through the model and back."""
 from __future__ import annotations
 
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -32,26 +33,39 @@ def tiny_checkpoint() -> Path:
     return directory
 
 
-def test_node_points_with_a_checkpoint_loaded_by_the_real_loader():
-    checkpoint = tiny_checkpoint()
-    log = checkpoint / "node.log"
-    node = NodeProcess(remappings={"camera/image_raw": IMAGE_TOPIC}, log_path=log,
-                       parameters={"pointer.backend": "videomolmo", "model.path": str(checkpoint),
-                                   "model.max_new_tokens": 12, "k": 3, "l": 2})
+@contextmanager
+def answered(parameters: dict, log_path: Path, ready_line: str, scene, query: str, track: bool,
+             frames: int):
+    """Start the node (k = 3) with ``parameters``, wait for ``ready_line`` in its log, play
+    frame 0, ask ``query``, play frames 1..frames-1 and yield (the ~/point answer, the client)
+    while both still run."""
+    node = NodeProcess(remappings={"camera/image_raw": IMAGE_TOPIC}, log_path=log_path,
+                       parameters={"pointer.backend": "videomolmo", "k": 3, "l": 2,
+                                   **parameters})
     client = PointingClient(IMAGE_TOPIC)
     try:
         assert client.wait_for_node(60, alive=node.alive), node.log()
         # the node logs its settings just after its services appear: wait for the line
-        assert wait_for(lambda: "pointer=videomolmo" in node.log(), 10), node.log()
-        scene = make_scene(SceneConfig(seed=1, num_frames=8))
+        assert wait_for(lambda: ready_line in node.log(), 10), node.log()
         assert client.publish_and_wait(scene.frames[0], scene.stamp_ns(0), timeout=30)
-        future = client.ask("the red circle", track=True, timeout_s=60)
-        assert client.wait_for_query("the red circle"), node.log()
-        for t in range(1, 7):
+        future = client.ask(query, track=track, timeout_s=60)
+        assert client.wait_for_query(query), node.log()
+        for t in range(1, frames):  # answered on the next keyframe, t = 3
             assert client.publish_and_wait(scene.frames[t], scene.stamp_ns(t), timeout=30), \
                 node.log()
-        assert wait_for(future.done, 60)
-        answer = future.result()
+        assert wait_for(future.done, 60), node.log()
+        yield future.result(), client
+    finally:
+        client.close()
+        assert node.stop() is not None
+
+
+def test_node_points_with_a_checkpoint_loaded_by_the_real_loader():
+    checkpoint = tiny_checkpoint()
+    scene = make_scene(SceneConfig(seed=1, num_frames=8))
+    with answered({"model.path": str(checkpoint), "model.max_new_tokens": 12},
+                  checkpoint / "node.log", "pointer=videomolmo", scene, "the red circle",
+                  track=True, frames=7) as (answer, client):
         assert answer.success, answer.message
         assert stamp_to_ns(answer.keyframe_stamp) == scene.stamp_ns(3)
         assert answer.count == len(answer.points)
@@ -59,34 +73,16 @@ def test_node_points_with_a_checkpoint_loaded_by_the_real_loader():
             assert 0 <= point.x < scene.width and 0 <= point.y < scene.height
         assert wait_for(lambda: any(m.query_id == answer.query_id for m, _ in client.points), 5)
         assert wait_for(lambda: scene.stamp_ns(6) in client.masks["causal"], 5)
-    finally:
-        client.close()
-        assert node.stop() is not None
 
 
 def test_node_without_a_model_path_points_with_the_shipped_model():
     """pointer.backend videomolmo and model.path "" (the params file's default): the small
     model shipped in the package, loaded by the real loader, answers a typed query."""
-    node = NodeProcess(remappings={"camera/image_raw": IMAGE_TOPIC},
-                       parameters={"pointer.backend": "videomolmo", "k": 3, "l": 2},
-                       log_path=Path(tempfile.mkdtemp()) / "node.log")
-    client = PointingClient(IMAGE_TOPIC)
-    try:
-        assert client.wait_for_node(60, alive=node.alive), node.log()
-        assert wait_for(lambda: "weights/videomolmo-small" in node.log(), 10), node.log()
-        scene = make_scene(SceneConfig(seed=2, num_frames=4))
-        assert client.publish_and_wait(scene.frames[0], scene.stamp_ns(0), timeout=30)
-        future = client.ask("the red circle", track=False, timeout_s=60)
-        assert client.wait_for_query("the red circle"), node.log()
-        for t in range(1, 4):  # answered on the next keyframe (k = 3)
-            assert client.publish_and_wait(scene.frames[t], scene.stamp_ns(t), timeout=30)
-        assert wait_for(future.done, 60), node.log()
-        answer = future.result()
+    scene = make_scene(SceneConfig(seed=2, num_frames=4))
+    with answered({}, Path(tempfile.mkdtemp()) / "node.log", "weights/videomolmo-small", scene,
+                  "the red circle", track=False, frames=4) as (answer, _):
         assert answer.success, answer.message
         assert answer.count == len(answer.points)
-    finally:
-        client.close()
-        assert node.stop() is not None
 
 
 def test_node_refuses_a_missing_checkpoint_with_a_reason():
