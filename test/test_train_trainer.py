@@ -14,7 +14,8 @@ from videomolmo_ros.model import loading  # noqa: E402
 from videomolmo_ros.model.pointer import VideoMolmoPointer  # noqa: E402
 from videomolmo_ros.model.videomolmo import VideoMolmoModel  # noqa: E402
 from videomolmo_ros.train.__main__ import main  # noqa: E402
-from videomolmo_ros.train.dataset import PointingDataset, collate  # noqa: E402
+from videomolmo_ros.train.dataset import (CAPTION_PROMPT, PointingDataset,  # noqa: E402
+                                          collate)
 from videomolmo_ros.train.presets import preset, tiny  # noqa: E402
 from videomolmo_ros.train.testing import TINY_SCENE, small_tokenizer, tiny_data  # noqa: E402
 from videomolmo_ros.train.trainer import (LOG_NAME, STATE_NAME, TrainConfig,  # noqa: E402
@@ -283,3 +284,76 @@ def test_keep_readouts_run_resumes_exactly_and_exports_no_extra_weights(tmp_path
     assert Trainer(run_config(tmp_path / "none", tokenizer_dir)).batches(0)[0] \
         .token_targets is None
     check_training_only_loss(tmp_path, tokenizer_dir, "readout_loss", keep_readouts=0.5)
+
+
+def test_referent_map_loss_is_the_cross_entropy_against_the_covered_tokens():
+    from videomolmo_ros.train.trainer import referent_map_loss
+
+    # Attention probabilities on the image tokens (a row need not sum to 1: the rest is on text).
+    attention = torch.tensor([[0.2, 0.1, 0.3, 0.4], [0.0, 0.5, 0.25, 0.25], [0.25] * 4])
+    coverage = torch.tensor([[0.5, 0.5, 0.0, 1.0], [0.0, 1.0, 0.0, 0.0], [0.0] * 4])
+    valid = torch.tensor([[True, True, True, False], [True] * 4, [True] * 4])
+    expected = (-(0.5 * np.log(0.2) + 0.5 * np.log(0.1)) - np.log(0.5)) / 2  # row 2: no referent
+    assert float(referent_map_loss(attention, coverage, valid)) == pytest.approx(expected)
+    perfect = torch.tensor([[0.5, 0.5, 0.0, 0.0]])
+    assert float(referent_map_loss(perfect, coverage[:1], valid[:1])) < \
+        float(referent_map_loss(attention[:1], coverage[:1], valid[:1]))
+    assert float(referent_map_loss(attention, torch.zeros(3, 4), valid)) == 0.0
+
+
+@torch.no_grad()
+def test_packed_forward_returns_the_attention_of_the_same_forward_pass(tmp_path, tokenizer_dir):
+    from videomolmo_ros.train.trainer import packed_forward
+
+    run = Trainer(run_config(tmp_path, tokenizer_dir))
+    batch = run.batches(0)[0]
+    model = run.model.eval()
+    plain, image, none = packed_forward(model, batch)
+    hidden, image_again, attention = packed_forward(model, batch, attention_of_layer=-1)
+    assert none is None and torch.equal(image, image_again)
+    assert torch.allclose(hidden, plain, atol=1e-5)  # eager and sdpa: the same model
+    length = batch.input_ids.shape[1]
+    assert attention.shape == (1, model.config.num_attention_heads, length, length)
+    assert torch.allclose(attention.sum(-1), torch.ones(()), atol=1e-5)
+    allowed = batch.attention_mask[:, 0]
+    assert float(attention.transpose(0, 1)[:, ~allowed].abs().max()) == 0.0  # mask respected
+    assert model.llm.config._attn_implementation == "sdpa"  # restored
+
+
+def test_referent_maps_cover_the_referents_image_tokens():
+    from videomolmo_ros.train.vision_pretrain import pool_to_tokens, view_coverage
+
+    tokenizer = small_tokenizer()
+    config = tiny()
+    dataset = PointingDataset(tiny_data(captions=1), config, tokenizer, referent_maps=True)
+    covered = 0
+    for index in range(6):
+        sample = dataset[index]
+        scene = dataset.scene_for(index)
+        layout = dataset.preprocessor.frame(scene.frames[sample.frame_index]).layout
+        per_object = pool_to_tokens(view_coverage(scene.masks[sample.frame_index], layout,
+                                                  config), config)  # (T, K, N)
+        assert sample.referent_maps.shape == (len(sample.queries),) + per_object.shape[:2]
+        assert sample.referent_maps.shape[1:] == sample.image_input_idx.shape
+        for row, query, answer in zip(sample.referent_maps, sample.queries, sample.answers):
+            if query == CAPTION_PROMPT:
+                continue
+            expression = next(e for e in scene.expressions if e.text == query)
+            referents = per_object[..., list(expression.object_ids)].sum(-1)  # (T, K)
+            if "There are none" in answer:
+                assert float(row.sum()) == 0.0  # no visible referent: nothing to single out
+                continue
+            covered += 1
+            assert referents.flatten()[int(row.flatten().argmax())] > 0
+            # Where no referent is, the map is zero, whatever other objects cover there.
+            assert float(row[torch.from_numpy(referents == 0)].abs().sum()) == 0.0
+        assert float(sample.referent_maps[-1].sum()) == 0.0  # the caption has no referent
+    assert covered >= 3
+    batch = collate([dataset[0], dataset[1]], tokenizer.pad_token_id)
+    assert batch.referent_maps.shape[:2] == batch.query_tokens.shape[:2]
+    assert float(batch.referent_maps[:, 0].abs().sum()) == 0.0  # the image prefix row
+    assert PointingDataset(tiny_data(), config, tokenizer)[0].referent_maps is None
+
+
+def test_referent_map_run_resumes_exactly_and_exports_no_extra_weights(tmp_path, tokenizer_dir):
+    check_training_only_loss(tmp_path, tokenizer_dir, "referent_map_loss", referent_map=0.5)

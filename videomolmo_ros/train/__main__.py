@@ -77,6 +77,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, argparse
     p.add_argument("--keep-readouts", type=float, default=t.keep_readouts,
                    help="weight of stage 0's dense read-out losses kept on the image tokens "
                         "(TrainConfig.keep_readouts); 0 = off")
+    p.add_argument("--referent-map", type=float, default=t.referent_map,
+                   help="weight of the training-only referent-map loss (trainer."
+                        "referent_map_loss); 0 = off")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
     if a.stop_after is not None and not 0 < a.stop_after <= a.steps:
@@ -95,7 +98,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, argparse
         init_connector=not a.no_init_connector, init_positions=not a.no_init_positions,
         init_from=a.init_from, init_vision_from=a.init_vision_from,
         monitor_every=a.monitor_every, query_recall=a.query_recall,
-        keep_readouts=a.keep_readouts)
+        keep_readouts=a.keep_readouts, referent_map=a.referent_map)
     return config, a
 
 

@@ -129,6 +129,10 @@ class Sample:
     # Stage 0's per-image-token targets of the keyframe (``vision_pretrain.DenseTargets``),
     # when the dataset was asked for them (the trainer's ``keep_readouts``).
     token_targets: Any = None
+    # (S, T, K) float32: the fraction of each image token of the keyframe that query i's
+    # referents cover (zero for a caption or an answer of none), when the dataset was asked
+    # for them: the targets of the trainer's optional referent-map loss.
+    referent_maps: torch.Tensor | None = None
 
     @property
     def num_answer_tokens(self) -> int:
@@ -173,9 +177,10 @@ class PointingDataset(torch.utils.data.Dataset):
     so that samplers work; the trainer indexes it directly)."""
 
     def __init__(self, data: DataConfig, model_config: VideoMolmoConfig, tokenizer: Any,
-                 dense_targets: bool = False) -> None:
+                 dense_targets: bool = False, referent_maps: bool = False) -> None:
         self.data = data
         self.dense_targets = dense_targets
+        self.referent_maps = referent_maps
         self.model_config = model_config
         self.tokenizer = tokenizer
         self.preprocessor = MultiCropPreprocessor(model_config,
@@ -249,9 +254,18 @@ class PointingDataset(torch.utils.data.Dataset):
             from videomolmo_ros.train.vision_pretrain import dense_targets
 
             token_targets = dense_targets(scene, t, layout, self.model_config).tokens
+        referent_maps = None
+        if self.referent_maps:
+            from videomolmo_ros.train.vision_pretrain import pool_to_tokens, view_coverage
+
+            coverage = pool_to_tokens(view_coverage(scene.masks[t], layout, self.model_config),
+                                      self.model_config)  # (T, K, N objects)
+            maps = [coverage[..., list(e.object_ids)].sum(-1).clip(0.0, 1.0)
+                    for e in expressions] + [np.zeros(coverage.shape[:2])] * self.data.captions
+            referent_maps = torch.from_numpy(np.stack(maps).astype(np.float32))
         return Sample(keyframe.crops, history, torch.cat(ids), torch.cat(labels),
                       torch.cat(positions), torch.cat(segments), image_index, queries, answers,
-                      scene.config.seed, t, query_tokens, token_targets)
+                      scene.config.seed, t, query_tokens, token_targets, referent_maps)
 
 
 @dataclass
@@ -264,7 +278,9 @@ class Batch:
     (B, T, K). num_answer_tokens: tokens carrying loss. segments: (B, L), 0 = image prefix,
     i = query i, -1 = padding. query_tokens: (B, S + 1, Q) the token ids of each segment's
     query text (row 0 and padding -1). token_targets: the keyframes' stage-0 image-token targets
-    (``vision_pretrain.DenseTargets`` with a leading B axis) or None.
+    (``vision_pretrain.DenseTargets`` with a leading B axis) or None. referent_maps:
+    (B, S + 1, T, K) each segment's ``Sample.referent_maps`` row (row 0 and padding zero) or
+    None.
     """
 
     crops: torch.Tensor
@@ -279,6 +295,7 @@ class Batch:
     segments: torch.Tensor | None = None
     query_tokens: torch.Tensor | None = None
     token_targets: Any = None  # stacked Sample.token_targets, when every sample has them
+    referent_maps: torch.Tensor | None = None
 
 
 def segment_attention_mask(segments: torch.Tensor) -> torch.Tensor:
@@ -311,6 +328,12 @@ def collate(samples: Sequence[Sample], pad_id: int) -> Batch:
         from videomolmo_ros.train.vision_pretrain import stack_dense_targets
 
         token_targets = stack_dense_targets([s.token_targets for s in samples])
+    referent_maps = None
+    if all(s.referent_maps is not None for s in samples):
+        views = samples[0].referent_maps.shape[1:]
+        referent_maps = torch.zeros((len(samples), rows) + tuple(views))
+        for b, sample in enumerate(samples):
+            referent_maps[b, 1:1 + len(sample.referent_maps)] = sample.referent_maps
     return Batch(
         crops=torch.stack([s.crops for s in samples]),
         history=torch.stack([s.history for s in samples]),
@@ -324,4 +347,5 @@ def collate(samples: Sequence[Sample], pad_id: int) -> Batch:
         segments=segments,
         query_tokens=query_tokens,
         token_targets=token_targets,
+        referent_maps=referent_maps,
     )

@@ -133,8 +133,6 @@ def _targets(coverage: np.ndarray, positions: np.ndarray, scene: Scene, points: 
 def dense_targets(scene: Scene, t: int, layout: CropLayout,
                   config: VideoMolmoConfig) -> FrameTargets:
     """What the vision side should make readable, per patch and per image token, in frame t."""
-    from videomolmo_ros.model.temporal import to_windows
-
     coverage = view_coverage(scene.masks[t], layout, config)  # (T, P, N)
     positions = view_positions(layout, config)  # (T, P, 2)
     points = np.zeros((scene.num_objects, 2), np.float32)
@@ -142,16 +140,21 @@ def dense_targets(scene: Scene, t: int, layout: CropLayout,
         found = scene.points_for([obj.object_id], t)
         if found:
             points[obj.object_id] = (found[0].x / scene.width, found[0].y / scene.height)
+    return FrameTargets(_targets(coverage, positions, scene, points, MIN_PATCH_COVERAGE),
+                        _targets(pool_to_tokens(coverage, config),
+                                 pool_to_tokens(positions, config), scene, points,
+                                 MIN_TOKEN_COVERAGE))
+
+
+def pool_to_tokens(values: np.ndarray, config: VideoMolmoConfig) -> np.ndarray:
+    """Per-patch values (T, P, C) -> per-image-token values (T, K, C): the mean over each
+    token's 2x2 pooling window, in the order the LLM receives the tokens."""
+    from videomolmo_ros.model.temporal import to_windows
+
     grid = config.vision_backbone.image_num_patch
     pool = (config.image_pooling_h, config.image_pooling_w)
-
-    def pooled(values: np.ndarray) -> np.ndarray:  # (T, P, C) -> (T, K, C), window means
-        windows = to_windows(torch.from_numpy(values)[None], grid, pool).mean(1)
-        return windows.reshape(values.shape[0], -1, values.shape[-1]).numpy()
-
-    return FrameTargets(_targets(coverage, positions, scene, points, MIN_PATCH_COVERAGE),
-                        _targets(pooled(coverage), pooled(positions), scene, points,
-                                 MIN_TOKEN_COVERAGE))
+    windows = to_windows(torch.from_numpy(np.ascontiguousarray(values))[None], grid, pool)
+    return windows.mean(1).reshape(values.shape[0], -1, values.shape[-1]).numpy()
 
 
 class DenseHeads(nn.Module):
