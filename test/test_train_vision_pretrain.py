@@ -176,3 +176,35 @@ def test_object_attribute_losses_score_object_units_alone():
         expected = -torch.log_softmax(logits, -1)[2]  # the one object unit only
         assert terms[f"{name}_objects"] == pytest.approx(float(expected.detach()), rel=1e-5)
     assert not any(k.endswith("_objects") for k in plain_terms)
+
+
+def test_attribute_weights_scale_that_attributes_terms_alone():
+    from videomolmo_ros.train.vision_pretrain import DenseHeads, DenseTargets
+
+    torch.manual_seed(0)
+    features = torch.randn(1, 1, 4, 8)
+    owned = torch.tensor([[[True, True, False, False]]])
+    classes = {name: torch.tensor([[[1, 2, 0, 0]]]) for name in ATTRIBUTES}
+    targets = DenseTargets(classes, torch.zeros(1, 1, 4, 2), owned, torch.zeros(1, 1, 4, 2))
+    plain = DenseHeads(8, object_attributes=True)
+    shaped = DenseHeads(8, object_attributes=True, attribute_weights={"shape": 5.0})
+    shaped.load_state_dict(plain.state_dict())
+    total_plain, plain_terms = plain.losses(features, targets)
+    total, terms = shaped.losses(features, targets)
+    for key, value in plain_terms.items():
+        factor = 5.0 if key in ("shape", "shape_objects") else 1.0
+        assert terms[key] == pytest.approx(factor * value, rel=1e-5)
+    extra = 4.0 * (plain_terms["shape"] + plain_terms["shape_objects"])
+    assert float(total) == pytest.approx(float(total_plain) + extra, rel=1e-5)
+    with pytest.raises(ValueError, match="no attribute"):
+        DenseHeads(8, attribute_weights={"shapes": 2.0})
+
+
+@pytest.mark.parametrize("weights", ['{"shap": 5}', '{"shape": -1}', "shape=5", '[5]'])
+def test_command_line_refuses_bad_attribute_weights(tmp_path, capsys, weights):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--out", str(tmp_path / "bad"), "--preset", "tiny", "--steps", "1",
+              "--attribute-weights", weights, "--no-progress"])
+    assert exit_info.value.code == 2
+    assert "--attribute-weights" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

@@ -99,6 +99,8 @@ def vision_pretrain_arguments(config: dict[str, Any]) -> list[str]:
         args += ["--threads", str(config["threads"])]
     if config.get("object_attributes"):
         args.append("--object-attributes")
+    if config.get("attribute_weights"):
+        args += ["--attribute-weights", _json(config["attribute_weights"])]
     return args
 
 

@@ -162,11 +162,18 @@ class DenseHeads(nn.Module):
     receives): one classifier per attribute (+ background), the owner's point (2) and the
     unit's position (2). Thrown away after pre-training."""
 
-    def __init__(self, feature_dim: int, object_attributes: bool = False) -> None:
+    def __init__(self, feature_dim: int, object_attributes: bool = False,
+                 attribute_weights: dict[str, float] | None = None) -> None:
         super().__init__()
         # Most units are background, which the averaged attribute losses then mostly score;
         # object_attributes adds each attribute's loss over the object units alone.
         self.object_attributes = object_attributes
+        unknown = set(attribute_weights or {}) - set(ATTRIBUTES)
+        if unknown:
+            raise ValueError(f"attribute_weights names no attribute: {sorted(unknown)} "
+                             f"(attributes: {', '.join(ATTRIBUTES)})")
+        # Each attribute's loss terms are multiplied by its weight (default 1).
+        self.attribute_weights = {name: 1.0 for name in ATTRIBUTES} | dict(attribute_weights or {})
         self.classifiers = nn.ModuleDict({name: nn.Linear(feature_dim, len(values) + 1)
                                           for name, values in ATTRIBUTES.items()})
         self.point = nn.Linear(feature_dim, 2)
@@ -178,10 +185,12 @@ class DenseHeads(nn.Module):
         terms: dict[str, torch.Tensor] = {}
         for name, head in self.classifiers.items():
             logits = head(features)
-            terms[name] = F.cross_entropy(logits.flatten(0, 2), targets.classes[name].flatten())
+            weight = self.attribute_weights[name]
+            terms[name] = weight * F.cross_entropy(logits.flatten(0, 2),
+                                                   targets.classes[name].flatten())
             if self.object_attributes and targets.owned.any():
-                terms[f"{name}_objects"] = F.cross_entropy(logits[targets.owned],
-                                                           targets.classes[name][targets.owned])
+                terms[f"{name}_objects"] = weight * F.cross_entropy(
+                    logits[targets.owned], targets.classes[name][targets.owned])
         owned = targets.owned
         # Points and positions as fractions of the frame, errors scaled to ~tenths of it; the
         # point twice as finely: the pointing answer needs it to a few percent.
@@ -226,6 +235,8 @@ class PretrainConfig:
     threads: int | None = None
     held_out_scenes: int = 8
     object_attributes: bool = False  # see DenseHeads
+    # Per-attribute loss weights (see DenseHeads), e.g. {"shape": 5.0}; others weigh 1.
+    attribute_weights: dict[str, float] = field(default_factory=dict)
 
 
 class FrameStream:
@@ -273,7 +284,8 @@ class VisionPretrainer(nn.Module):
     ``token_heads`` on the image embeddings the LLM will receive."""
 
     def __init__(self, model_config: VideoMolmoConfig, seed: int = 0,
-                 object_attributes: bool = False) -> None:
+                 object_attributes: bool = False,
+                 attribute_weights: dict[str, float] | None = None) -> None:
         super().__init__()
         from videomolmo_ros.model.videomolmo import VideoMolmoModel
         from videomolmo_ros.train.trainer import init_connector, init_positions
@@ -284,8 +296,10 @@ class VisionPretrainer(nn.Module):
         init_positions(model)
         self.backbone = model.vision_backbone
         self.backbone.adapter = None  # trained in the pointing stage, from history frames
-        self.patch_heads = DenseHeads(model_config.image_feature_dim, object_attributes)
-        self.token_heads = DenseHeads(model_config.hidden_size, object_attributes)
+        self.patch_heads = DenseHeads(model_config.image_feature_dim, object_attributes,
+                                      attribute_weights)
+        self.token_heads = DenseHeads(model_config.hidden_size, object_attributes,
+                                      attribute_weights)
 
     def forward(self, crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """crops (B, T, P, D) -> patch features (B, T, P, C), image embeddings (B, T, K, d)."""
@@ -329,7 +343,8 @@ def pretrain(config: PretrainConfig, progress: bool = True) -> dict[str, float]:
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     model_config = preset(config.preset, DEFAULT_BASE_VOCAB, **config.model_overrides)
-    model = VisionPretrainer(model_config, config.seed, config.object_attributes).train()
+    model = VisionPretrainer(model_config, config.seed, config.object_attributes,
+                             config.attribute_weights).train()
     params = list(model.parameters())
     optimizer = torch.optim.AdamW(params, lr=config.lr, betas=(0.9, 0.95), eps=1e-6,
                                   weight_decay=config.weight_decay)
@@ -407,15 +422,26 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[PretrainConfig, argpa
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--object-attributes", action="store_true",
                    help="also score the attribute read-outs on object units alone")
+    p.add_argument("--attribute-weights", default="{}",
+                   help='JSON object of per-attribute loss weights, e.g. {"shape": 5}')
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
+    try:
+        weights = json.loads(a.attribute_weights)
+    except json.JSONDecodeError as error:
+        p.error(f"--attribute-weights is not JSON: {error}")
+    if not isinstance(weights, dict) or set(weights) - set(ATTRIBUTES) or not all(
+            isinstance(v, (int, float)) and v >= 0 for v in weights.values()):
+        p.error(f"--attribute-weights must map some of {', '.join(ATTRIBUTES)} to weights >= 0, "
+                f"not {a.attribute_weights}")
     config = PretrainConfig(output_dir=a.out, preset=a.preset,
                             model_overrides=json.loads(a.model_overrides),
                             scene=json.loads(a.scene), steps=a.steps,
                             frames_per_step=a.frames_per_step,
                             frames_per_scene=a.frames_per_scene, lr=a.lr,
                             warmup_steps=a.warmup_steps, seed=a.seed, threads=a.threads,
-                            object_attributes=a.object_attributes)
+                            object_attributes=a.object_attributes,
+                            attribute_weights={k: float(v) for k, v in weights.items()})
     return config, a
 
 
