@@ -1,7 +1,8 @@
-"""Where a trained model's LLM looks while it answers: per attention head of its last layer, how
-much attention lands on the queried objects' image tokens, on held-out frames.
+"""Where a trained model's LLM looks while it answers: per attention head of one layer (by
+default the last), how much attention lands on the queried objects' image tokens, on held-out
+frames.
 
-    python benchmarks/referent_attention.py MODEL_DIR [MODEL_DIR ...] --samples 96
+    python benchmarks/referent_attention.py MODEL_DIR [MODEL_DIR ...] --samples 96 [--layer -1]
 
 For every query of held-out 3-6 object frames whose referent is visible, at the position that
 predicts the answer's first token (teacher-forced, as in training):
@@ -51,10 +52,13 @@ def held_out(model, tokenizer, samples: int) -> list:
 
 
 @torch.no_grad()
-def head_scores(model_dir: str, samples: int) -> dict[str, list[float]]:
+def head_scores(model_dir: str, samples: int, layer: int = -1) -> dict[str, list[float]]:
     """Per head (and the two references): the mean loss and top-1 rate over the queries."""
     model = loading.load_videomolmo(model_dir).eval()
     tokenizer = loading.load_tokenizer(model_dir)
+    layers = model.config.num_hidden_layers
+    if not -layers <= layer < layers:
+        raise ValueError(f"--layer {layer} is not a layer of its {layers}-layer LLM")
     items = held_out(model, tokenizer, samples)
     heads = model.config.num_attention_heads
     losses: dict[str, list[float]] = {f"head {h}": [] for h in range(heads)}
@@ -63,7 +67,7 @@ def head_scores(model_dir: str, samples: int) -> dict[str, list[float]]:
     for start in range(0, len(items), BATCH):
         chunk = items[start:start + BATCH]
         batch = collate([sample for sample, _ in chunk], tokenizer.pad_token_id)
-        _, _, attention = packed_forward(model, batch, attention_of_layer=-1)
+        _, _, attention = packed_forward(model, batch, attention_of_layer=layer)
         first = (batch.labels[:, 1:] != IGNORE_INDEX) & (batch.labels[:, :-1] == IGNORE_INDEX)
         rows, positions = first.nonzero(as_tuple=True)
         coverage = batch.referent_maps[rows, batch.segments[rows, positions]].flatten(1)
@@ -94,17 +98,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="+", help="trained model directories")
     parser.add_argument("--samples", type=int, default=96, help="held-out keyframes")
+    parser.add_argument("--layer", type=int, default=-1, help="LLM layer (Python index)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     if args.samples < 1:
         parser.error("--samples must be at least 1")
     torch.set_num_threads(args.threads)
-    print("attention of the last LLM layer at each answer's first position, held-out "
+    print(f"attention of LLM layer {args.layer} at each answer's first position, held-out "
           f"{SCENE['num_objects'][0]}-{SCENE['num_objects'][1]} object frames "
           "(loss: lower is more on the referents)")
     for model_dir in args.models:
         try:
-            scores = head_scores(model_dir, args.samples)
+            scores = head_scores(model_dir, args.samples, args.layer)
         except (OSError, ValueError) as error:
             raise SystemExit(f"cannot load {model_dir!r}: {error}")
         queries = scores["ideal"][2]

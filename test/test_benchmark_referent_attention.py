@@ -32,7 +32,10 @@ def test_referent_attention_scores_every_head_against_the_references():
     assert re.search(r"ideal\s+loss\s+\S+\s+top-1 on a referent 1\.000", done.stdout)
 
 
-def test_referent_attention_refuses_a_missing_model(tmp_path):
+def test_referent_attention_refuses_a_missing_model_and_a_missing_layer(tmp_path):
     done = run(str(tmp_path / "nothing"), "--samples", "2")
     assert done.returncode != 0
     assert "cannot load" in done.stderr and "Traceback" not in done.stderr
+    done = run(str(SHIPPED), "--samples", "2", "--layer", "4")
+    assert done.returncode != 0
+    assert "not a layer of its 4-layer LLM" in done.stderr and "Traceback" not in done.stderr

@@ -47,7 +47,7 @@ UNUSUAL_TRAIN = TrainConfig(
     weight_decay=0.01, warmup_steps=7, min_lr_ratio=0.25, max_grad_norm=0.5, seed=9,
     save_every=11, keep_checkpoints=4, tokenizer="out/tok", threads=1, init_connector=False,
     init_positions=False, init_from="out/a", monitor_every=50, query_recall=1.0,
-    keep_readouts=0.5, referent_map=2.0)
+    keep_readouts=0.5, referent_map=2.0, referent_layer=1)
 
 
 @pytest.mark.parametrize("config", [TrainConfig(output_dir="out/plain"), UNUSUAL_TRAIN])

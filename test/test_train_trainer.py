@@ -357,3 +357,20 @@ def test_referent_maps_cover_the_referents_image_tokens():
 
 def test_referent_map_run_resumes_exactly_and_exports_no_extra_weights(tmp_path, tokenizer_dir):
     check_training_only_loss(tmp_path, tokenizer_dir, "referent_map_loss", referent_map=0.5)
+
+
+def test_referent_layer_picks_the_supervised_layer_and_a_wrong_one_is_a_clear_error(
+        tmp_path, tokenizer_dir, capsys):
+    from videomolmo_ros.train.trainer import step_losses
+
+    run = Trainer(run_config(tmp_path / "first", tokenizer_dir, referent_map=1.0,
+                             referent_layer=0))
+    batch = run.batches(0)[0]
+    first = step_losses(run.model, batch, referent_layer=0)["referent"]
+    last = step_losses(run.model, batch, referent_layer=-1)["referent"]
+    assert float(first) != float(last)
+    layers = run.model.config.num_hidden_layers
+    assert main(["--out", str(tmp_path / "bad"), "--preset", "tiny", "--steps", "1",
+                 "--tokenizer", tokenizer_dir, "--referent-map", "1",
+                 "--referent-layer", str(layers), "--no-progress"]) == 2
+    assert f"not a layer of the {layers}-layer LLM" in capsys.readouterr().err

@@ -80,6 +80,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, argparse
     p.add_argument("--referent-map", type=float, default=t.referent_map,
                    help="weight of the training-only referent-map loss (trainer."
                         "referent_map_loss); 0 = off")
+    p.add_argument("--referent-layer", type=int, default=t.referent_layer,
+                   help="the LLM layer (Python index) whose head 0 --referent-map supervises")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
     if a.stop_after is not None and not 0 < a.stop_after <= a.steps:
@@ -98,13 +100,18 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, argparse
         init_connector=not a.no_init_connector, init_positions=not a.no_init_positions,
         init_from=a.init_from, init_vision_from=a.init_vision_from,
         monitor_every=a.monitor_every, query_recall=a.query_recall,
-        keep_readouts=a.keep_readouts, referent_map=a.referent_map)
+        keep_readouts=a.keep_readouts, referent_map=a.referent_map,
+        referent_layer=a.referent_layer)
     return config, a
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     config, args = parse_args(argv)
-    trainer = Trainer(config, resume=args.resume)
+    try:
+        trainer = Trainer(config, resume=args.resume)
+    except ValueError as error:  # a recipe that cannot run (or resume): say why, no traceback
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if trainer.step:
         print(f"resumed at step {trainer.step}", file=sys.stderr)
     losses = trainer.train(steps=args.stop_after, progress=not args.no_progress)

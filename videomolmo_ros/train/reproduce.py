@@ -56,7 +56,8 @@ def train_arguments(config: dict[str, Any], stop_after: int | None = None) -> li
                       ("--keep-readouts", "keep_readouts")):
         args += [flag, repr(config.get(key, getattr(defaults, key)))]
     if config.get("referent_map", 0.0):  # newer than the shipped recipe: only when used
-        args += ["--referent-map", repr(config["referent_map"])]
+        args += ["--referent-map", repr(config["referent_map"]),
+                 "--referent-layer", repr(config.get("referent_layer", -1))]
     for flag, key in (("--data-seed", "seed"), ("--queries-per-frame", "queries_per_frame"),
                       ("--frames-per-scene", "frames_per_scene"), ("--interleave", "interleave"),
                       ("--history-frames", "history_frames"), ("--captions", "captions")):

@@ -113,6 +113,8 @@ class TrainConfig:
     # must look at the referents' image tokens while the answer is written; 0 = off. Not in
     # the paper.
     referent_map: float = 0.0
+    # The LLM layer (Python index) whose head ``REFERENT_HEAD`` that loss supervises.
+    referent_layer: int = -1
 
     def __post_init__(self) -> None:
         if isinstance(self.data, dict):
@@ -217,15 +219,14 @@ def answer_loss(model: VideoMolmoModel, batch: Batch) -> torch.Tensor:
 def step_losses(model: VideoMolmoModel, batch: Batch,
                 recall_head: torch.nn.Module | None = None,
                 readout_heads: torch.nn.Module | None = None,
-                referent_map: bool = False) -> dict[str, torch.Tensor]:
+                referent_layer: int | None = None) -> dict[str, torch.Tensor]:
     """The losses of one micro-batch from one forward pass: ``answer`` (summed answer-token
     cross-entropy), with ``recall_head`` ``recall`` (summed ``query_recall_loss`` of the same
     positions), with ``readout_heads`` (``vision_pretrain.DenseHeads``) ``readout`` (their mean
     loss on the image embeddings against ``batch.token_targets``; see
-    ``TrainConfig.keep_readouts``), with ``referent_map`` ``referent`` (``referent_map_loss``
-    of head ``REFERENT_HEAD`` of layer ``REFERENT_LAYER`` at the same positions)."""
-    hidden, image, attention = packed_forward(model, batch,
-                                              REFERENT_LAYER if referent_map else None)
+    ``TrainConfig.keep_readouts``), with ``referent_layer`` ``referent`` (``referent_map_loss``
+    of head ``REFERENT_HEAD`` of that LLM layer at the same positions)."""
+    hidden, image, attention = packed_forward(model, batch, referent_layer)
     targets = batch.labels[:, 1:]
     keep = targets != IGNORE_INDEX
     readout = hidden[:, :-1][keep]  # the positions that predict an answer token
@@ -241,7 +242,7 @@ def step_losses(model: VideoMolmoModel, batch: Batch,
             raise ValueError("the batch has no token targets (PointingDataset(dense_targets="
                              "True))")
         losses["readout"] = readout_heads.losses(image.float(), batch.token_targets)[0]
-    if referent_map:
+    if referent_layer is not None:
         if batch.referent_maps is None:
             raise ValueError("the batch has no referent maps (PointingDataset(referent_maps="
                              "True))")
@@ -280,9 +281,9 @@ def query_recall_loss(logits: torch.Tensor, query_tokens: torch.Tensor) -> torch
     return -(target * F.log_softmax(logits, dim=-1)).sum()
 
 
-# The attention head that the referent-map loss supervises: head 0 of the LLM's last layer, the
-# layer whose output the LM head reads the coordinates from.
-REFERENT_LAYER, REFERENT_HEAD = -1, 0
+# The attention head that the referent-map loss supervises (in ``TrainConfig.referent_layer``,
+# by default the last layer, whose output the LM head reads the coordinates from).
+REFERENT_HEAD = 0
 
 
 def referent_map_loss(attention: torch.Tensor, coverage: torch.Tensor,
@@ -415,6 +416,10 @@ class Trainer:
                 if self.model.vision_backbone.adapter is not None:
                     start_as_identity(self.model.vision_backbone.adapter)
         check_layout(self.tokenizer, self.model.config.embedding_size)
+        layers = self.model.config.num_hidden_layers
+        if not -layers <= config.referent_layer < layers:
+            raise ValueError(f"referent_layer {config.referent_layer} is not a layer of the "
+                             f"{layers}-layer LLM")
         self.dataset = PointingDataset(config.data, self.model.config, self.tokenizer,
                                        dense_targets=config.keep_readouts > 0,
                                        referent_maps=config.referent_map > 0)
@@ -470,7 +475,8 @@ class Trainer:
         sums = {"answer": 0.0, "recall": 0.0, "readout": 0.0, "referent": 0.0}
         for batch in batches:
             losses = step_losses(self.model, batch, self.recall_head, self.readout_heads,
-                                 self.config.referent_map > 0)
+                                 self.config.referent_layer if self.config.referent_map > 0
+                                 else None)
             loss = losses["answer"] + self.config.query_recall * losses.get("recall", 0.0)
             loss = loss / tokens
             if "readout" in losses:  # a mean per micro-batch: averaged over the step
@@ -572,11 +578,12 @@ class Trainer:
     def _load_state(self, checkpoint: Path) -> None:
         state = torch.load(checkpoint / STATE_NAME, map_location="cpu", weights_only=True)
         saved = {"query_recall": 0.0, "keep_readouts": 0.0, "referent_map": 0.0,
-                 **state["config"]}  # older checkpoints lack these
+                 "referent_layer": -1, **state["config"]}  # older checkpoints lack these
         mine = self.config.to_dict()
         changed = [k for k in ("data", "batch_frames", "grad_accum", "preset", "temporal",
                                "model_overrides", "seed", "init_from", "init_vision_from",
-                               "query_recall", "keep_readouts", "referent_map")
+                               "query_recall", "keep_readouts", "referent_map",
+                               "referent_layer")
                    if saved.get(k) != mine.get(k)]
         if changed:
             raise ValueError(f"cannot resume {checkpoint}: the run changed {changed}")
