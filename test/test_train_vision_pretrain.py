@@ -157,14 +157,21 @@ def test_command_line_writes_the_vit(tmp_path, capsys):
     assert "token_point_error" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
-def test_object_attribute_losses_score_object_units_alone():
-    from videomolmo_ros.train.vision_pretrain import DenseHeads, DenseTargets
+def four_units(owned: list[bool], labels: list[int]):
+    """Random 8-wide features of one frame of four units, and targets giving every attribute
+    the class ``labels`` (0 = background) on the ``owned`` units."""
+    from videomolmo_ros.train.vision_pretrain import DenseTargets
 
     torch.manual_seed(0)
-    features = torch.randn(1, 1, 4, 8)
-    owned = torch.tensor([[[True, False, False, False]]])
-    classes = {name: torch.tensor([[[2, 0, 0, 0]]]) for name in ATTRIBUTES}
-    targets = DenseTargets(classes, torch.zeros(1, 1, 4, 2), owned, torch.zeros(1, 1, 4, 2))
+    classes = {name: torch.tensor([[labels]]) for name in ATTRIBUTES}
+    return torch.randn(1, 1, 4, 8), DenseTargets(classes, torch.zeros(1, 1, 4, 2),
+                                                 torch.tensor([[owned]]), torch.zeros(1, 1, 4, 2))
+
+
+def test_object_attribute_losses_score_object_units_alone():
+    from videomolmo_ros.train.vision_pretrain import DenseHeads
+
+    features, targets = four_units([True, False, False, False], [2, 0, 0, 0])
     plain = DenseHeads(8)
     weighted = DenseHeads(8, object_attributes=True)
     weighted.load_state_dict(plain.state_dict())
@@ -179,13 +186,9 @@ def test_object_attribute_losses_score_object_units_alone():
 
 
 def test_attribute_weights_scale_that_attributes_terms_alone():
-    from videomolmo_ros.train.vision_pretrain import DenseHeads, DenseTargets
+    from videomolmo_ros.train.vision_pretrain import DenseHeads
 
-    torch.manual_seed(0)
-    features = torch.randn(1, 1, 4, 8)
-    owned = torch.tensor([[[True, True, False, False]]])
-    classes = {name: torch.tensor([[[1, 2, 0, 0]]]) for name in ATTRIBUTES}
-    targets = DenseTargets(classes, torch.zeros(1, 1, 4, 2), owned, torch.zeros(1, 1, 4, 2))
+    features, targets = four_units([True, True, False, False], [1, 2, 0, 0])
     plain = DenseHeads(8, object_attributes=True)
     shaped = DenseHeads(8, object_attributes=True, attribute_weights={"shape": 5.0})
     shaped.load_state_dict(plain.state_dict())
