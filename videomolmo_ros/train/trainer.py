@@ -299,7 +299,8 @@ def referent_map_loss(attention: torch.Tensor, coverage: torch.Tensor,
     wrong one about as often as a random point would (the nearest object to its point is the
     referent for 0.29 of attribute queries; a random point 0.27). Point text rewards looking at
     the right object only through a few digit tokens; this rewards it directly, at every answer
-    token, in the head whose output the LM head reads. Not in the paper (its LLM comes
+    token, in one head (``TrainConfig.referent_layer``; by default in the last layer, whose
+    output the LM head reads). Not in the paper (its LLM comes
     pre-trained on pointing data); a training-time loss, the model is unchanged.
     """
     coverage = coverage * valid
