@@ -47,7 +47,7 @@ UNUSUAL_TRAIN = TrainConfig(
     weight_decay=0.01, warmup_steps=7, min_lr_ratio=0.25, max_grad_norm=0.5, seed=9,
     save_every=11, keep_checkpoints=4, tokenizer="out/tok", threads=1, init_connector=False,
     init_positions=False, init_from="out/a", monitor_every=50, query_recall=1.0,
-    keep_readouts=0.5, referent_map=2.0, referent_layer=1)
+    keep_readouts=0.5, referent_map=2.0, referent_layer=1, clip_by="all")
 
 
 @pytest.mark.parametrize("config", [TrainConfig(output_dir="out/plain"), UNUSUAL_TRAIN])
@@ -70,6 +70,15 @@ def test_vision_pretrain_command_parses_back_to_its_config(config):
     command = " ".join([reproduce.VISION_PRETRAIN] + [shlex.quote(a) for a in
                                                       reproduce.vision_pretrain_arguments(saved)])
     assert parsed_vision(command) == saved
+
+
+def test_a_recipe_recorded_before_clip_by_is_reproduced_clipping_all_together():
+    old = as_saved(TrainConfig(output_dir="out/old"))
+    del old["clip_by"]
+    arguments = reproduce.train_arguments(old)
+    assert arguments[arguments.index("--clip-by") + 1] == "all"
+    command = " ".join([reproduce.TRAIN] + [shlex.quote(a) for a in arguments])
+    assert parsed_train(command)["clip_by"] == "all"
 
 
 def test_a_chain_starts_each_stage_where_the_previous_command_leaves_its_model():

@@ -19,8 +19,8 @@ from videomolmo_ros.train.dataset import (CAPTION_PROMPT, PointingDataset,  # no
 from videomolmo_ros.train.presets import preset, tiny  # noqa: E402
 from videomolmo_ros.train.testing import TINY_SCENE, small_tokenizer, tiny_data  # noqa: E402
 from videomolmo_ros.train.trainer import (LOG_NAME, STATE_NAME, TrainConfig,  # noqa: E402
-                                          Trainer, answer_loss, latest_checkpoint,
-                                          parameter_groups)
+                                          Trainer, answer_loss, clip_gradients,
+                                          latest_checkpoint, parameter_groups)
 
 torch.set_num_threads(1)
 
@@ -55,6 +55,56 @@ def test_parameter_groups_split_llm_and_vision():
         sub = getattr(model.vision_backbone, module)
         assert all(id(p) in vision for p in sub.parameters())
     assert id(model.lm_head.weight) not in vision
+
+
+def _groups_with_gradients(head_scale: float) -> list[dict]:
+    """The tiny model's groups plus a training-only head, every gradient set by a seed; the
+    head's gradient scaled by ``head_scale`` (a read-out loss far larger than the answer's)."""
+    model = VideoMolmoModel(tiny())
+    head = torch.nn.Linear(8, 8)
+    groups = parameter_groups(model, 1e-3, 1e-3) + [{"params": list(head.parameters()),
+                                                    "name": "readout_heads"}]
+    generator = torch.Generator().manual_seed(0)
+    for group in groups:
+        for param in group["params"]:
+            param.grad = torch.randn(param.shape, generator=generator) * 1e-2
+    for param in head.parameters():
+        param.grad *= head_scale
+    return groups
+
+
+def test_clipping_per_side_keeps_a_large_head_gradient_from_shrinking_the_llm_step():
+    quiet, loud = _groups_with_gradients(1.0), _groups_with_gradients(1e4)
+    norms = clip_gradients(quiet, 1.0, "side")
+    assert set(norms) == {"llm", "vision", "readout_heads"}
+    assert clip_gradients(loud, 1.0, "side")["readout_heads"] > 100 * norms["readout_heads"]
+    for a, b in zip(quiet[:4], loud[:4]):  # the model's groups: the same step either way
+        for p, q in zip(a["params"], b["params"]):
+            assert torch.equal(p.grad, q.grad)
+    for group in loud:  # every unit within its budget
+        assert torch.linalg.vector_norm(torch.cat(
+            [p.grad.flatten() for p in group["params"]])) <= 1.0 + 1e-4
+
+
+def test_clipping_all_together_lets_the_largest_gradient_set_every_step():
+    quiet, loud = _groups_with_gradients(1.0), _groups_with_gradients(1e4)
+    assert set(clip_gradients(loud, 1.0, "all")) == {"all"}
+    clip_gradients(quiet, 1.0, "all")
+    llm_quiet = torch.cat([p.grad.flatten() for p in quiet[0]["params"]]).norm()
+    llm_loud = torch.cat([p.grad.flatten() for p in loud[0]["params"]]).norm()
+    assert llm_loud < llm_quiet / 100  # the defect "side" removes
+
+
+def test_a_checkpoint_recorded_before_clip_by_resumes_only_as_all(tmp_path, tokenizer_dir):
+    config = run_config(tmp_path / "run", tokenizer_dir, steps=2, save_every=2, clip_by="all")
+    Trainer(config).train(progress=False)
+    checkpoint = latest_checkpoint(tmp_path / "run")
+    state = torch.load(checkpoint / STATE_NAME, weights_only=True)
+    del state["config"]["clip_by"]  # as written by the code before the option
+    torch.save(state, checkpoint / STATE_NAME)
+    Trainer(run_config(tmp_path / "run", tokenizer_dir, steps=4, clip_by="all"), resume=True)
+    with pytest.raises(ValueError, match="clip_by"):
+        Trainer(run_config(tmp_path / "run", tokenizer_dir, steps=4), resume=True)
 
 
 def test_one_step_lowers_the_loss_on_a_fixed_batch():

@@ -14,7 +14,7 @@ from typing import Sequence
 from videomolmo_ros.data.synthetic import KINDS
 from videomolmo_ros.train.dataset import DataConfig
 from videomolmo_ros.train.presets import PRESETS
-from videomolmo_ros.train.trainer import TrainConfig, Trainer
+from videomolmo_ros.train.trainer import CLIP_BY, TrainConfig, Trainer
 
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, argparse.Namespace]:
@@ -82,6 +82,10 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, argparse
                         "referent_map_loss); 0 = off")
     p.add_argument("--referent-layer", type=int, default=t.referent_layer,
                    help="the LLM layer (Python index) whose head 0 --referent-map supervises")
+    p.add_argument("--clip-by", default=t.clip_by, choices=CLIP_BY,
+                   help="side: clip the LLM, the vision side and each training-only head to "
+                        "--max-grad-norm on its own; all: everything together (runs recorded "
+                        "before this option)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
     if a.stop_after is not None and not 0 < a.stop_after <= a.steps:
@@ -101,7 +105,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, argparse
         init_from=a.init_from, init_vision_from=a.init_vision_from,
         monitor_every=a.monitor_every, query_recall=a.query_recall,
         keep_readouts=a.keep_readouts, referent_map=a.referent_map,
-        referent_layer=a.referent_layer)
+        referent_layer=a.referent_layer, clip_by=a.clip_by)
     return config, a
 
 

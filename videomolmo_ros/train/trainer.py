@@ -39,12 +39,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -63,6 +64,7 @@ RECIPE_NAME = "training.json"
 LOG_NAME = "log.jsonl"
 CHECKPOINTS = "checkpoints"
 READOUT_LR = 1e-3  # the read-out heads start fresh: stage 0's rate for them
+CLIP_BY = ("side", "all")
 
 
 @dataclass
@@ -115,6 +117,10 @@ class TrainConfig:
     referent_map: float = 0.0
     # The LLM layer (Python index) whose head ``REFERENT_HEAD`` that loss supervises.
     referent_layer: int = -1
+    # How ``max_grad_norm`` clips (``clip_gradients``): "side" clips the LLM, the vision side
+    # and each training-only head on its own; "all" clips every trained parameter together
+    # (runs recorded before this option existed, the shipped model's included).
+    clip_by: str = "side"
 
     def __post_init__(self) -> None:
         if isinstance(self.data, dict):
@@ -128,6 +134,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be at least 1")
         if self.query_recall < 0 or self.keep_readouts < 0 or self.referent_map < 0:
             raise ValueError("query_recall, keep_readouts and referent_map must be >= 0")
+        if self.clip_by not in CLIP_BY:
+            raise ValueError(f"clip_by must be one of {CLIP_BY}, got {self.clip_by!r}")
 
     @property
     def frames_per_step(self) -> int:
@@ -311,6 +319,29 @@ def referent_map_loss(attention: torch.Tensor, coverage: torch.Tensor,
     return -(target * attention[rows].clamp(min=1e-6).log()).sum(1).mean()
 
 
+def clip_gradients(param_groups: Sequence[dict[str, Any]], max_norm: float,
+                   clip_by: str = "side") -> dict[str, float]:
+    """Clip the gradients of the optimizer's ``param_groups`` to ``max_norm`` and return the
+    norm before clipping per clip unit: with ``clip_by="side"`` the LLM (``llm*`` groups), the
+    vision side (``vision*``) and each training-only head (any other group) separately; with
+    ``"all"`` everything together (unit ``all``).
+
+    Why per side: one norm over everything lets the largest loss set everybody's step. Stage 0's
+    read-out losses kept during pointing (``keep_readouts``) have gradient norms of 15-190
+    where the answer's is about 1-5 (measured, issue 4's ninth session), so clipping them
+    together scaled the LLM's update down 15-150 fold: ``--keep-readouts`` silently trained
+    the LLM at a fraction of its learning rate. The read-outs never reach the LLM, so each side
+    now gets its own budget of ``max_norm``.
+    """
+    units: dict[str, list[torch.nn.Parameter]] = {}
+    for group in param_groups:
+        name = group.get("name", "all")
+        unit = "all" if clip_by == "all" else name.split("_nodecay")[0]
+        units.setdefault(unit, []).extend(group["params"])
+    return {unit: float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+            for unit, params in units.items()}
+
+
 @torch.no_grad()
 def init_connector(model: VideoMolmoModel) -> None:
     """Xavier-normal initialisation of the 2x2 attention pooling and the projector.
@@ -488,8 +519,9 @@ class Trainer:
             for name, value in losses.items():
                 sums[name] += float(value.detach())
         total = sums["answer"]
-        params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)
+        grad_norms = clip_gradients(self.optimizer.param_groups, self.config.max_grad_norm,
+                                    self.config.clip_by)
+        grad_norm = math.sqrt(sum(v * v for v in grad_norms.values()))
         lrs = [group["lr"] for group in self.optimizer.param_groups]
         self.optimizer.step()
         self.scheduler.step()
@@ -499,7 +531,8 @@ class Trainer:
         record = {"step": self.step, "loss": total / tokens, "grad_norm": float(grad_norm),
                   "lr_llm": lrs[0], "lr_vision": lrs[1], "tokens": tokens,
                   "queries": sum(b.num_queries for b in batches), "frames": frames,
-                  "seconds": elapsed, "data_seconds": data_time}
+                  "seconds": elapsed, "data_seconds": data_time,
+                  **{f"grad_norm_{k}": v for k, v in grad_norms.items()}}
         if self.recall_head is not None:
             record["query_recall_loss"] = sums["recall"] / tokens
         if self.readout_heads is not None:
@@ -579,12 +612,13 @@ class Trainer:
     def _load_state(self, checkpoint: Path) -> None:
         state = torch.load(checkpoint / STATE_NAME, map_location="cpu", weights_only=True)
         saved = {"query_recall": 0.0, "keep_readouts": 0.0, "referent_map": 0.0,
-                 "referent_layer": -1, **state["config"]}  # older checkpoints lack these
+                 "referent_layer": -1, "clip_by": "all",
+                 **state["config"]}  # older checkpoints lack these
         mine = self.config.to_dict()
         changed = [k for k in ("data", "batch_frames", "grad_accum", "preset", "temporal",
                                "model_overrides", "seed", "init_from", "init_vision_from",
                                "query_recall", "keep_readouts", "referent_map",
-                               "referent_layer")
+                               "referent_layer", "clip_by")
                    if saved.get(k) != mine.get(k)]
         if changed:
             raise ValueError(f"cannot resume {checkpoint}: the run changed {changed}")
