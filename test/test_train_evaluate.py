@@ -7,7 +7,8 @@ import pytest
 from videomolmo_ros.data.synthetic import SceneConfig, make_scene
 from videomolmo_ros.pointers.oracle import OraclePointer
 from videomolmo_ros.train.evaluate import (RandomPointer, evaluate_pointer, format_table,
-                                         keyframes, main, nearest_object_hits)
+                                         keyframes, main, named_attributes,
+                                         nearest_object_hits)
 
 SCENE = {"width": 128, "height": 96, "num_frames": 10}
 
@@ -37,6 +38,13 @@ def test_nearest_object_hits_names_the_nearest_centre():
     assert nearest_object_hits([(1.0, 1.0)], {}, [0]) == []
 
 
+def test_named_attributes_reads_the_vocabulary_of_the_scenes():
+    assert named_attributes("the large striped red circle") == ["colour", "shape", "size",
+                                                                  "texture"]
+    assert named_attributes("all the squares") == ["shape"]
+    assert named_attributes("the topmost object") == []
+
+
 def test_oracle_scores_one():
     scene = make_scene(SceneConfig(seed=11, **SCENE))
     result = evaluate_pointer(OraclePointer(scene, min_visible_pixels=1), [11], 2, scene=SCENE)
@@ -45,6 +53,10 @@ def test_oracle_scores_one():
     assert result["counting"]["ema"] == 1.0 and result["counting"]["mae"] == 0.0
     assert result["attribute"]["nearest_referent"] >= 0.9
     assert result["attribute"]["error_px"] < 8
+    named = result["attribute"]["nearest_referent_by_attribute"]
+    assert named and all(v["nearest_referent"] >= 0.9 and v["points"] > 0
+                         for v in named.values())
+    assert "attribute NR by what the query names" in format_table(result)
     assert "counting" in format_table(result) and "NR" in format_table(result)
 
 

@@ -12,7 +12,10 @@ with black frames at the start, as the engine does). Scores, per query then aver
 * two diagnostics that tell *which object* from *how precisely*: ``nearest_referent``, the
   fraction of points whose nearest visible object (by mask centre) is a referent of the query
   (the query was understood, even when the point misses the mask), and ``error_px``, the median
-  distance of those points to that referent's mask centre (the pointing precision).
+  distance of those points to that referent's mask centre (the pointing precision);
+* for attribute queries, ``nearest_referent`` again per attribute the query names (colour,
+  shape, size, texture; a query naming two counts for both): which words the model binds to
+  what it sees, and which it ignores.
 
 CLI: ``python -m videomolmo_ros.train.evaluate MODEL_DIR --scenes 10``.
 """
@@ -28,7 +31,8 @@ import numpy as np
 
 from videomolmo_ros.core.metrics import counting_metrics, point_precision_recall_f1
 from videomolmo_ros.core.points import Point
-from videomolmo_ros.data.synthetic import KINDS, SceneConfig, make_scene
+from videomolmo_ros.data.synthetic import (COLORS, KINDS, SHAPES, SIZES, TEXTURES, SceneConfig,
+                                           make_scene)
 
 DEFAULT_EVAL_SEEDS = range(900_000, 900_000 + 10)  # held out: below the training seed range
 
@@ -67,6 +71,17 @@ def nearest_object_hits(points: Sequence[tuple[float, float]], centres: dict[int
     return out
 
 
+ATTRIBUTE_WORDS: dict[str, frozenset[str]] = {
+    "colour": frozenset(COLORS), "shape": frozenset(SHAPES) | {s + "s" for s in SHAPES},
+    "size": frozenset(SIZES), "texture": frozenset(TEXTURES)}
+
+
+def named_attributes(text: str) -> list[str]:
+    """The attributes (``ATTRIBUTE_WORDS`` keys) whose words appear in a query."""
+    words = set(text.lower().split())
+    return [name for name, vocabulary in ATTRIBUTE_WORDS.items() if words & vocabulary]
+
+
 def keyframes(num_frames: int, count: int, first: int) -> list[int]:
     """``count`` keyframes spread evenly over [first, num_frames - 1]."""
     first = min(first, num_frames - 1)
@@ -89,6 +104,7 @@ def evaluate_pointer(pointer: Any, seeds: Sequence[int] = DEFAULT_EVAL_SEEDS,
     history_frames = getattr(pointer, "history_frames", 4)
     distinct: list[float] = []  # per keyframe: distinct answers / queries
     nearest: dict[str, list[tuple[bool, float]]] = defaultdict(list)
+    by_word: dict[str, list[tuple[bool, float]]] = defaultdict(list)  # attribute queries
     for seed in seeds:
         synthetic = make_scene(SceneConfig(**{**(scene or {}), "seed": int(seed)}))
         expressions = [e for e in synthetic.expressions if e.kind in kinds]
@@ -112,8 +128,11 @@ def evaluate_pointer(pointer: Any, seeds: Sequence[int] = DEFAULT_EVAL_SEEDS,
             for expression, points in zip(expressions, answers):
                 visible = [oid for oid in expression.object_ids if synthetic.masks[t, oid].any()]
                 if visible:
-                    nearest[expression.kind] += nearest_object_hits(
-                        [(p.x, p.y) for p in points], centres, visible)
+                    hits = nearest_object_hits([(p.x, p.y) for p in points], centres, visible)
+                    nearest[expression.kind] += hits
+                    if expression.kind == "attribute":
+                        for name in named_attributes(expression.text):
+                            by_word[name] += hits
                 scores = point_precision_recall_f1([(p.x, p.y) for p in points],
                                                    [synthetic.masks[t, oid] for oid in visible])
                 per_kind[expression.kind].append(scores)
@@ -130,6 +149,11 @@ def evaluate_pointer(pointer: Any, seeds: Sequence[int] = DEFAULT_EVAL_SEEDS,
             ema, mae = counting_metrics(*counts[kind])
             result[kind].update(ema=ema, mae=mae)
         result[kind].update(_nearest_summary(nearest[kind]))
+        if kind == "attribute":
+            result[kind]["nearest_referent_by_attribute"] = {
+                name: {"nearest_referent": float(np.mean([hit for hit, _ in by_word[name]])),
+                       "points": len(by_word[name])}
+                for name in ATTRIBUTE_WORDS if by_word[name]}
         everything += scores
     if everything:
         array = np.asarray(everything)
@@ -165,6 +189,10 @@ def format_table(result: dict[str, Any]) -> str:
         error = f"{r['error_px']:.1f}" if r.get("error_px") is not None else "-"
         lines.append(f"{kind:<10} {r['queries']:>7} {r['precision']:>6.3f} {r['recall']:>6.3f} "
                      f"{r['f1']:>6.3f} {ema:>6} {mae:>6} {near:>6} {error:>6}")
+    named = result.get("attribute", {}).get("nearest_referent_by_attribute")
+    if named:
+        lines.append("attribute NR by what the query names: " + ", ".join(
+            f"{name} {v['nearest_referent']:.2f} ({v['points']})" for name, v in named.items()))
     if "distinct_answers" in result:
         lines.append(f"distinct answers per keyframe: {result['distinct_answers']:.2f} of the "
                      "queries (1/n = the query is ignored)")
