@@ -173,3 +173,15 @@ def test_caption_describes_the_visible_objects_left_to_right(tokenizer):
     caption = tokenizer.decode(sample.labels[sample.labels != IGNORE_INDEX].tolist())
     assert caption.endswith(sample.answers[-1] + tokenizer.eos_token)
     assert sample.answers[-1].startswith(" A ") or sample.answers[-1] == " Nothing."
+
+
+def test_a_frame_without_queries_still_makes_a_sample_with_referent_maps(tokenizer,
+                                                                         monkeypatch):
+    """Two identical objects leave a scene without attribute expressions: such a keyframe
+    has no query, and the referent-map targets must still be built (it once crashed a run)."""
+    dataset = PointingDataset(tiny_data(), tiny(), tokenizer, referent_maps=True)
+    monkeypatch.setattr(dataset, "choose_queries", lambda scene, rng: [])
+    sample = dataset[0]
+    assert sample.queries == [] and sample.referent_maps.shape[0] == 0
+    batch = collate([sample, sample], pad_id=0)
+    assert batch.referent_maps.shape[:2] == (2, 1) and not batch.referent_maps.any()

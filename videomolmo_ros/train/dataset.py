@@ -262,7 +262,10 @@ class PointingDataset(torch.utils.data.Dataset):
                                       self.model_config)  # (T, K, N objects)
             maps = [coverage[..., list(e.object_ids)].sum(-1).clip(0.0, 1.0)
                     for e in expressions] + [np.zeros(coverage.shape[:2])] * self.data.captions
-            referent_maps = torch.from_numpy(np.stack(maps).astype(np.float32))
+            # A frame may have no query at all (two identical objects leave no attribute
+            # expression): then no rows.
+            referent_maps = torch.from_numpy(np.stack(maps).astype(np.float32) if maps else
+                                             np.zeros((0,) + coverage.shape[:2], np.float32))
         return Sample(keyframe.crops, history, torch.cat(ids), torch.cat(labels),
                       torch.cat(positions), torch.cat(segments), image_index, queries, answers,
                       scene.config.seed, t, query_tokens, token_targets, referent_maps)
