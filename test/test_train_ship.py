@@ -59,6 +59,24 @@ def test_ship_a_two_stage_run(tmp_path):
         assert b.dtype == torch.float32, name
         torch.testing.assert_close(a.half().float(), b, msg=name)
 
+    # A run started from the shipped copy inherits the shipped chain: reproduce names every
+    # stage, the new one starting where the shipped run left its model.
+    third = tmp_path / "stage3"
+    Trainer(TrainConfig(output_dir=str(third), init_from=str(shipped), **common)).train(
+        progress=False)
+    reshipped = json.loads((ship(third, tmp_path / "shipped2") / "training.json").read_text())
+    assert [s["stage"] for s in reshipped["stages"]] == ["vision_pretrain", "train", "train"]
+    assert [s["config"]["output_dir"] for s in reshipped["stages"][1:]] == ["out/stage1",
+                                                                           "out/stage2"]
+    from videomolmo_ros.train.reproduce import chain_commands
+
+    # (the tiny stage 0 holds out 1 scene, which no flag sets: give it the default)
+    reshipped["stages"][0]["config"]["held_out_scenes"] = PretrainConfig(
+        output_dir="").held_out_scenes
+    commands = chain_commands(reshipped)
+    assert len(commands) == 4 and "--out out/stage3" in commands[-1]
+    assert "--init-from out/stage2 " in commands[-1] + " "
+
 
 def test_portable_paths_keep_the_run_and_checkpoint_names(tmp_path):
     assert portable_path(str(tmp_path / "G2")) == "out/G2"

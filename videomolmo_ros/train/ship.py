@@ -44,7 +44,8 @@ def portable(config: dict[str, Any]) -> dict[str, Any]:
 
 def recipe_chain(run_dir: Path) -> dict[str, Any]:
     """The run's ``training.json`` (portable), with ``stages``: the recipes of the runs it
-    started from, oldest first, as far as their directories still exist."""
+    started from, oldest first, as far as their directories still exist; a run started from
+    a shipped model (whose recipe carries ``stages``) inherits that model's whole chain."""
     recipe = json.loads((run_dir / RECIPE_NAME).read_text())
     stages: list[dict[str, Any]] = []
     config = recipe["config"]
@@ -61,6 +62,9 @@ def recipe_chain(run_dir: Path) -> dict[str, Any]:
         earlier = json.loads((Path(parent) / RECIPE_NAME).read_text())
         stages.insert(0, {"stage": "train", "config": portable(earlier["config"]),
                           "step": earlier.get("step"), "final_loss": earlier.get("final_loss")})
+        if "stages" in earlier:  # a shipped model: its own chain is recorded with it
+            stages[:0] = earlier["stages"]
+            break
         config = earlier["config"]
     return {**recipe, "config": portable(recipe["config"]), "stages": stages}
 
