@@ -127,14 +127,15 @@ def evaluate_pointer(pointer: Any, seeds: Sequence[int] = DEFAULT_EVAL_SEEDS,
                        for oid, mask in enumerate(synthetic.masks[t]) if mask.any()}
             for expression, points in zip(expressions, answers):
                 visible = [oid for oid in expression.object_ids if synthetic.masks[t, oid].any()]
+                xy = [(p.x, p.y) for p in points]
                 if visible:
-                    hits = nearest_object_hits([(p.x, p.y) for p in points], centres, visible)
+                    hits = nearest_object_hits(xy, centres, visible)
                     nearest[expression.kind] += hits
                     if expression.kind == "attribute":
                         for name in named_attributes(expression.text):
                             by_word[name] += hits
-                scores = point_precision_recall_f1([(p.x, p.y) for p in points],
-                                                   [synthetic.masks[t, oid] for oid in visible])
+                scores = point_precision_recall_f1(xy, [synthetic.masks[t, oid]
+                                                        for oid in visible])
                 per_kind[expression.kind].append(scores)
                 predicted, truth = counts[expression.kind]
                 predicted.append(len(points))
@@ -151,8 +152,7 @@ def evaluate_pointer(pointer: Any, seeds: Sequence[int] = DEFAULT_EVAL_SEEDS,
         result[kind].update(_nearest_summary(nearest[kind]))
         if kind == "attribute":
             result[kind]["nearest_referent_by_attribute"] = {
-                name: {"nearest_referent": float(np.mean([hit for hit, _ in by_word[name]])),
-                       "points": len(by_word[name])}
+                name: {**_nearest_summary(by_word[name]), "points": len(by_word[name])}
                 for name in ATTRIBUTE_WORDS if by_word[name]}
         everything += scores
     if everything:
