@@ -71,6 +71,44 @@ def test_silence_scores_only_zero_counts():
     assert result["counting"]["f1"] == pytest.approx(sum(zero) / len(zero))
 
 
+class Recorder:
+    """Points nowhere; remembers which features it got as keyframe and as history."""
+
+    history_frames = 3
+
+    def __init__(self):
+        self.calls = []
+
+    def encode(self, frame):
+        return object()
+
+    def point(self, frame, features, history, queries):
+        self.calls.append((features, list(history)))
+        return [[] for _ in queries]
+
+
+def test_still_history_repeats_the_keyframe_and_video_history_does_not():
+    video, still = Recorder(), Recorder()
+    evaluate_pointer(video, [11], 2, scene=SCENE)
+    evaluate_pointer(still, [11], 2, scene=SCENE, history="still")
+    assert len(video.calls) == len(still.calls) == 2
+    for (key_v, past_v), (key_s, past_s) in zip(video.calls, still.calls):
+        assert len(past_v) == len(past_s) == 3
+        assert all(h is key_s for h in past_s)
+        assert all(h is not key_v for h in past_v) and len({id(h) for h in past_v}) == 3
+    with pytest.raises(ValueError, match="history"):
+        evaluate_pointer(Recorder(), [11], 2, scene=SCENE, history="shuffled")
+
+
+def test_none_accuracy_counts_silence_on_zero_count_queries():
+    silent = evaluate_pointer(Silent(), [11], 2, scene=SCENE)
+    chance = evaluate_pointer(RandomPointer(seed=3), [11], 2, scene=SCENE)
+    assert silent["counting"]["zero_queries"] == chance["counting"]["zero_queries"] > 0
+    assert silent["counting"]["none_accuracy"] == 1.0
+    assert chance["counting"]["none_accuracy"] == 0.0  # random points always point
+    assert "no referent answered with no point: 0.00" in format_table(chance)
+
+
 def test_chance_is_far_below_the_oracle_and_counts_one():
     scene = make_scene(SceneConfig(seed=11, **SCENE))
     oracle = evaluate_pointer(OraclePointer(scene, min_visible_pixels=1), [11], 2, scene=SCENE)

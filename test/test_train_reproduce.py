@@ -50,7 +50,12 @@ UNUSUAL_TRAIN = TrainConfig(
     keep_readouts=0.5, referent_map=2.0, referent_layer=1, clip_by="all")
 
 
-@pytest.mark.parametrize("config", [TrainConfig(output_dir="out/plain"), UNUSUAL_TRAIN])
+TEMPORAL_TRAIN = TrainConfig(output_dir="out/m", data=DataConfig(history_frames=2),
+                             keep_readouts=0.1, motion_readout=0.5)
+
+
+@pytest.mark.parametrize("config", [TrainConfig(output_dir="out/plain"), UNUSUAL_TRAIN,
+                                    TEMPORAL_TRAIN])
 def test_train_command_parses_back_to_its_config(config):
     saved = as_saved(config)
     command = " ".join([reproduce.TRAIN] + [shlex.quote(a) for a in

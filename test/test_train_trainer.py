@@ -336,6 +336,26 @@ def test_keep_readouts_run_resumes_exactly_and_exports_no_extra_weights(tmp_path
     check_training_only_loss(tmp_path, tokenizer_dir, "readout_loss", keep_readouts=0.5)
 
 
+def test_motion_readout_reads_the_owner_motion_and_needs_the_temporal_module(tmp_path,
+                                                                            tokenizer_dir):
+    for bad in (dict(motion_readout=1.0), dict(motion_readout=1.0, keep_readouts=0.5,
+                                               temporal=False),
+                dict(motion_readout=-1.0, keep_readouts=0.5)):
+        with pytest.raises(ValueError, match="motion_readout"):
+            run_config(tmp_path / "bad", tokenizer_dir, **bad)
+    run = Trainer(run_config(tmp_path / "heads", tokenizer_dir, keep_readouts=0.5,
+                             motion_readout=1.0))
+    assert "motion" in run.readout_heads.classifiers
+    targets = run.batches(0)[0].token_targets
+    assert targets.classes["motion"].shape == targets.owned.shape
+    assert bool((targets.classes["motion"][~targets.owned] == 0).all())
+    assert bool((targets.classes["motion"][targets.owned] > 0).all())
+    assert "motion" not in Trainer(run_config(tmp_path / "plain", tokenizer_dir,
+                                              keep_readouts=0.5)).readout_heads.classifiers
+    check_training_only_loss(tmp_path, tokenizer_dir, "readout_motion_loss", keep_readouts=0.5,
+                             motion_readout=1.0)
+
+
 def test_referent_map_loss_is_the_cross_entropy_against_the_covered_tokens():
     from videomolmo_ros.train.trainer import referent_map_loss
 

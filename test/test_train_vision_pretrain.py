@@ -15,9 +15,9 @@ from videomolmo_ros.model.preprocessing import make_crop_layout  # noqa: E402
 from videomolmo_ros.train.presets import tiny  # noqa: E402
 from videomolmo_ros.train.testing import TINY_SCENE, small_tokenizer, tiny_data  # noqa: E402
 from videomolmo_ros.train.trainer import TrainConfig, Trainer  # noqa: E402
-from videomolmo_ros.train.vision_pretrain import (ATTRIBUTES, WEIGHTS_NAME,  # noqa: E402
-                                                  PretrainConfig, dense_targets, main,
-                                                  pretrain, view_coverage, view_positions)
+from videomolmo_ros.train.vision_pretrain import (  # noqa: E402
+    ATTRIBUTES, MOTION_CLASSES, WEIGHTS_NAME, PretrainConfig, dense_targets, main, pretrain,
+    view_coverage, view_positions)
 
 torch.set_num_threads(1)
 
@@ -78,10 +78,13 @@ def test_targets_name_the_object_under_its_own_point():
         assert bool(targets.owned[0, patch])
         for name, values in ATTRIBUTES.items():
             assert int(targets.classes[name][0, patch]) == values.index(getattr(obj, name)) + 1
+        assert int(targets.classes["motion"][0, patch]) == MOTION_CLASSES.index(obj.motion) + 1
         assert targets.point[0, patch].numpy() == pytest.approx(point, abs=1e-6)
         checked += 1
     assert checked >= 2
     assert (targets.classes["color"][~targets.owned] == 0).all()
+    assert (targets.classes["motion"][~targets.owned] == 0).all()
+    assert {o.motion for o, _, _ in clearly_visible(scene, t, positions)} - {"static"}
     # Tokens (2x2 windows of patches) sit at their window's centre, and the token holding an
     # object's point is owned: by that object, unless another covers more of the window.
     tokens = frame_targets.tokens

@@ -77,6 +77,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, argparse
     p.add_argument("--keep-readouts", type=float, default=t.keep_readouts,
                    help="weight of stage 0's dense read-out losses kept on the image tokens "
                         "(TrainConfig.keep_readouts); 0 = off")
+    p.add_argument("--motion-readout", type=float, default=t.motion_readout,
+                   help="weight of a motion read-out among --keep-readouts (TrainConfig."
+                        "motion_readout; needs the temporal module); 0 = off")
     p.add_argument("--referent-map", type=float, default=t.referent_map,
                    help="weight of the training-only referent-map loss (trainer."
                         "referent_map_loss); 0 = off")
@@ -94,7 +97,16 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, argparse
                       frames_per_scene=a.frames_per_scene, interleave=a.interleave,
                       queries_per_frame=a.queries_per_frame, history_frames=a.history_frames,
                       kinds=tuple(k for k in a.kinds.split(",") if k), captions=a.captions)
-    config = TrainConfig(
+    try:
+        config = train_config(a, data)
+    except ValueError as error:
+        p.error(str(error))
+    return config, a
+
+
+def train_config(a: argparse.Namespace, data: DataConfig) -> TrainConfig:
+    """The TrainConfig the parsed flags describe (ValueError: they contradict each other)."""
+    return TrainConfig(
         output_dir=a.out, preset=a.preset, model_overrides=json.loads(a.model_overrides),
         temporal=not a.no_temporal, data=data, steps=a.steps, batch_frames=a.batch_frames,
         grad_accum=a.grad_accum, lr_llm=a.lr_llm, lr_vision=a.lr_vision,
@@ -104,9 +116,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, argparse
         init_connector=not a.no_init_connector, init_positions=not a.no_init_positions,
         init_from=a.init_from, init_vision_from=a.init_vision_from,
         monitor_every=a.monitor_every, query_recall=a.query_recall,
-        keep_readouts=a.keep_readouts, referent_map=a.referent_map,
+        keep_readouts=a.keep_readouts, motion_readout=a.motion_readout,
+        referent_map=a.referent_map,
         referent_layer=a.referent_layer, clip_by=a.clip_by)
-    return config, a
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,7 +8,8 @@ with black frames at the start, as the engine does). Scores, per query then aver
 * point precision / recall / F1 against the visible referents' masks (Molmo protocol,
   ``core.metrics.point_precision_recall_f1``; no referent and no point = 1, 1, 1);
 * for counting queries, exact-match accuracy and mean absolute error of the number of points
-  (``core.metrics.counting_metrics``);
+  (``core.metrics.counting_metrics``), and ``none_accuracy``: of the queries whose answer is
+  "There are none." (no visible referent), the fraction answered with no point;
 * two diagnostics that tell *which object* from *how precisely*: ``nearest_referent``, the
   fraction of points whose nearest visible object (by mask centre) is a referent of the query
   (the query was understood, even when the point misses the mask), and ``error_px``, the median
@@ -17,7 +18,12 @@ with black frames at the start, as the engine does). Scores, per query then aver
   shape, size, texture; a query naming two counts for both): which words the model binds to
   what it sees, and which it ignores.
 
-CLI: ``python -m videomolmo_ros.train.evaluate MODEL_DIR --scenes 10``.
+``history="still"`` feeds the keyframe's own features as every history frame: the scene as if
+nothing had moved. A model whose motion answers come from its temporal module loses them there;
+one that guesses motion from a single frame does not (an ablation at inference time, next to the
+trained single-frame twin).
+
+CLI: ``python -m videomolmo_ros.train.evaluate MODEL_DIR --scenes 10 [--history still]``.
 """
 from __future__ import annotations
 
@@ -35,6 +41,7 @@ from videomolmo_ros.data.synthetic import (COLORS, KINDS, SHAPES, SIZES, TEXTURE
                                            make_scene)
 
 DEFAULT_EVAL_SEEDS = range(900_000, 900_000 + 10)  # held out: below the training seed range
+HISTORIES: tuple[str, ...] = ("video", "still")
 
 
 class RandomPointer:
@@ -90,14 +97,20 @@ def keyframes(num_frames: int, count: int, first: int) -> list[int]:
 
 def evaluate_pointer(pointer: Any, seeds: Sequence[int] = DEFAULT_EVAL_SEEDS,
                      keyframes_per_scene: int = 3, scene: dict[str, Any] | None = None,
-                     kinds: Sequence[str] = KINDS, first_keyframe: int = 4) -> dict[str, Any]:
+                     kinds: Sequence[str] = KINDS, first_keyframe: int = 4,
+                     history: str = "video") -> dict[str, Any]:
     """Scores per kind: {"attribute": {"precision", "recall", "f1", "queries"}, ...,
-    "counting": {... + "ema", "mae"}, "all": {...}, "distinct_answers", "seconds": wall time}.
+    "counting": {... + "ema", "mae", "none_accuracy", "zero_queries"}, "all": {...},
+    "distinct_answers", "seconds": wall time}.
+
+    history: "video" (frames t-1 .. t-l) or "still" (the keyframe itself, l times).
 
     distinct_answers: per keyframe, the number of different answers over the number of queries
     (mean over keyframes): 1/n for a model that answers every query of a frame alike, i.e.
     does not read the query; near 1 when it does (most queries name different objects).
     """
+    if history not in HISTORIES:
+        raise ValueError(f"history must be one of {HISTORIES}, not {history!r}")
     started = time.perf_counter()
     per_kind: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
     counts: dict[str, tuple[list[int], list[int]]] = defaultdict(lambda: ([], []))  # pred, gt
@@ -118,8 +131,9 @@ def evaluate_pointer(pointer: Any, seeds: Sequence[int] = DEFAULT_EVAL_SEEDS,
             return features[i]
 
         for t in keyframes(synthetic.num_frames, keyframes_per_scene, first_keyframe):
-            history = [encoded(i) for i in range(t - 1, max(t - 1 - history_frames, -1), -1)]
-            answers = pointer.point(synthetic.frame(t), encoded(t), history,
+            previous = range(t - 1, max(t - 1 - history_frames, -1), -1)
+            context = [encoded(t) if history == "still" else encoded(i) for i in previous]
+            answers = pointer.point(synthetic.frame(t), encoded(t), context,
                                     [e.text for e in expressions])
             distinct.append(len({tuple((round(p.x), round(p.y)) for p in points)
                                  for points in answers}) / len(answers))
@@ -148,7 +162,10 @@ def evaluate_pointer(pointer: Any, seeds: Sequence[int] = DEFAULT_EVAL_SEEDS,
                         "f1": float(array[:, 2].mean()), "queries": len(scores)}
         if kind == "counting":
             ema, mae = counting_metrics(*counts[kind])
-            result[kind].update(ema=ema, mae=mae)
+            predicted, truth = counts[kind]
+            silent = [p == 0 for p, n in zip(predicted, truth) if n == 0]
+            result[kind].update(ema=ema, mae=mae, zero_queries=len(silent),
+                                none_accuracy=float(np.mean(silent)) if silent else None)
         result[kind].update(_nearest_summary(nearest[kind]))
         if kind == "attribute":
             result[kind]["nearest_referent_by_attribute"] = {
@@ -193,6 +210,10 @@ def format_table(result: dict[str, Any]) -> str:
     if named:
         lines.append("attribute NR by what the query names: " + ", ".join(
             f"{name} {v['nearest_referent']:.2f} ({v['points']})" for name, v in named.items()))
+    counting = result.get("counting", {})
+    if counting.get("none_accuracy") is not None:
+        lines.append(f"counting queries with no referent answered with no point: "
+                     f"{counting['none_accuracy']:.2f} ({counting['zero_queries']})")
     if "distinct_answers" in result:
         lines.append(f"distinct answers per keyframe: {result['distinct_answers']:.2f} of the "
                      "queries (1/n = the query is ignored)")
@@ -209,6 +230,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--keyframes", type=int, default=3, help="keyframes per scene")
     parser.add_argument("--scene", default="{}",
                         help="JSON object of SceneConfig overrides (default: the standard scenes)")
+    parser.add_argument("--history", choices=HISTORIES, default="video",
+                        help="still: every history frame is the keyframe (nothing moves)")
     parser.add_argument("--chance", action="store_true",
                         help="also score random points on the same queries")
     parser.add_argument("--json", help="also write the scores here")
@@ -223,7 +246,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         pointer = VideoMolmoPointer.from_pretrained(args.model, max_new_tokens=120)
     except (OSError, ValueError) as error:
         parser.error(f"cannot load the model {args.model!r}: {error}")
-    results = {"model": evaluate_pointer(pointer, seeds, args.keyframes, scene)}
+    results = {"model": evaluate_pointer(pointer, seeds, args.keyframes, scene,
+                                         history=args.history)}
     if args.chance:
         results["chance"] = evaluate_pointer(RandomPointer(), seeds, args.keyframes, scene)
     for name, result in results.items():

@@ -57,6 +57,8 @@ def train_arguments(config: dict[str, Any], stop_after: int | None = None) -> li
         args += [flag, repr(config.get(key, getattr(defaults, key)))]
     # Recorded before --clip-by existed: clipped all together (the flag's default is "side").
     args += ["--clip-by", config.get("clip_by", "all")]
+    if config.get("motion_readout", 0.0):  # newer than the shipped recipe: only when used
+        args += ["--motion-readout", repr(config["motion_readout"])]
     if config.get("referent_map", 0.0):  # newer than the shipped recipe: only when used
         args += ["--referent-map", repr(config["referent_map"]),
                  "--referent-layer", repr(config.get("referent_layer", -1))]

@@ -111,6 +111,12 @@ class TrainConfig:
     # (colour read at 0.97 after stage 0 fell to 0.44 through the pointing stages) while the
     # LLM has not yet learnt to use it. Not in the paper (its CLIP is frozen knowledge).
     keep_readouts: float = 0.0
+    # Weight, inside those read-outs, of one more: the motion (static / left / right / up /
+    # down) of the object each image token shows; 0 = off. It needs ``keep_readouts`` > 0 and
+    # the temporal module, the only part that sees earlier frames: a direct signal for M to
+    # carry motion into the tokens, which the answer loss alone did not give it (a shipped
+    # model answered motion queries alike with its history or with the keyframe repeated).
+    motion_readout: float = 0.0
     # Weight of the referent-map loss (``referent_map_loss``): one attention head of the LLM
     # must look at the referents' image tokens while the answer is written; 0 = off. Not in
     # the paper.
@@ -132,8 +138,14 @@ class TrainConfig:
         for name in ("steps", "batch_frames", "grad_accum"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
-        if self.query_recall < 0 or self.keep_readouts < 0 or self.referent_map < 0:
-            raise ValueError("query_recall, keep_readouts and referent_map must be >= 0")
+        if min(self.query_recall, self.keep_readouts, self.referent_map,
+               self.motion_readout) < 0:
+            raise ValueError("query_recall, keep_readouts, referent_map and motion_readout "
+                             "must be >= 0")
+        if self.motion_readout > 0 and not (self.keep_readouts > 0 and self.temporal
+                                            and self.data.history_frames > 0):
+            raise ValueError("motion_readout needs keep_readouts > 0 and the temporal module "
+                             "with history frames (one frame cannot show motion)")
         if self.clip_by not in CLIP_BY:
             raise ValueError(f"clip_by must be one of {CLIP_BY}, got {self.clip_by!r}")
 
@@ -249,7 +261,10 @@ def step_losses(model: VideoMolmoModel, batch: Batch,
         if batch.token_targets is None:
             raise ValueError("the batch has no token targets (PointingDataset(dense_targets="
                              "True))")
-        losses["readout"] = readout_heads.losses(image.float(), batch.token_targets)[0]
+        losses["readout"], terms = readout_heads.losses(image.float(), batch.token_targets)
+        if "motion_objects" in terms:  # logged, unweighted: does M make motion readable?
+            losses["readout_motion"] = torch.tensor(
+                terms["motion_objects"] / readout_heads.attribute_weights["motion"])
     if referent_layer is not None:
         if batch.referent_maps is None:
             raise ValueError("the batch has no referent maps (PointingDataset(referent_maps="
@@ -468,7 +483,8 @@ class Trainer:
         if config.keep_readouts > 0:  # training only (see TrainConfig.keep_readouts)
             from videomolmo_ros.train.vision_pretrain import DenseHeads
 
-            self.readout_heads = DenseHeads(self.model.config.hidden_size, object_attributes=True)
+            self.readout_heads = DenseHeads(self.model.config.hidden_size, object_attributes=True,
+                                            motion=config.motion_readout)
             groups.append({"params": list(self.readout_heads.parameters()), "lr": READOUT_LR,
                            "name": "readout_heads", "weight_decay": config.weight_decay})
         self.optimizer = torch.optim.AdamW(groups, betas=config.betas,
@@ -504,7 +520,8 @@ class Trainer:
         data_time = time.perf_counter() - started
         tokens = sum(b.num_answer_tokens for b in batches)
         self.optimizer.zero_grad(set_to_none=True)
-        sums = {"answer": 0.0, "recall": 0.0, "readout": 0.0, "referent": 0.0}
+        sums = {"answer": 0.0, "recall": 0.0, "readout": 0.0, "referent": 0.0,
+                "readout_motion": 0.0}
         for batch in batches:
             losses = step_losses(self.model, batch, self.recall_head, self.readout_heads,
                                  self.config.referent_layer if self.config.referent_map > 0
@@ -537,6 +554,8 @@ class Trainer:
             record["query_recall_loss"] = sums["recall"] / tokens
         if self.readout_heads is not None:
             record["readout_loss"] = sums["readout"] / len(batches)
+        if self.config.motion_readout > 0:  # on the object tokens (chance about 1.5)
+            record["readout_motion_loss"] = sums["readout_motion"] / len(batches)
         if self.config.referent_map > 0:
             record["referent_map_loss"] = sums["referent"] / len(batches)
         self.losses.append(record["loss"])
@@ -612,13 +631,14 @@ class Trainer:
     def _load_state(self, checkpoint: Path) -> None:
         state = torch.load(checkpoint / STATE_NAME, map_location="cpu", weights_only=True)
         saved = {"query_recall": 0.0, "keep_readouts": 0.0, "referent_map": 0.0,
+                 "motion_readout": 0.0,
                  "referent_layer": -1, "clip_by": "all",
                  **state["config"]}  # older checkpoints lack these
         mine = self.config.to_dict()
         changed = [k for k in ("data", "batch_frames", "grad_accum", "preset", "temporal",
                                "model_overrides", "seed", "init_from", "init_vision_from",
                                "query_recall", "keep_readouts", "referent_map",
-                               "referent_layer", "clip_by")
+                               "motion_readout", "referent_layer", "clip_by")
                    if saved.get(k) != mine.get(k)]
         if changed:
             raise ValueError(f"cannot resume {checkpoint}: the run changed {changed}")

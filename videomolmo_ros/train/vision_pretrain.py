@@ -35,8 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from videomolmo_ros.data.synthetic import COLORS, SHAPES, SIZES, TEXTURES, Scene, SceneConfig, \
-    make_scene
+from videomolmo_ros.data.synthetic import COLORS, MOTIONS, SHAPES, SIZES, TEXTURES, Scene, \
+    SceneConfig, make_scene
 from videomolmo_ros.model.config import VideoMolmoConfig
 from videomolmo_ros.model.preprocessing import (CropLayout, crop_frame, make_crop_layout,
                                                 patchify, resize_and_pad)
@@ -52,6 +52,9 @@ MIN_PATCH_COVERAGE = 0.1
 MIN_TOKEN_COVERAGE = 0.03
 ATTRIBUTES: dict[str, tuple[str, ...]] = {
     "color": tuple(COLORS), "shape": SHAPES, "size": SIZES, "texture": TEXTURES}
+# The owner's motion: not in stage 0 (one frame cannot show it); the pointing stages may read it
+# from the image tokens after the temporal module (``DenseHeads(motion=...)``).
+MOTION_CLASSES: tuple[str, ...] = MOTIONS
 HELD_OUT_SEED_OFFSET = 500_000  # held-out scenes: below the pointing stage's 1,000,000
 
 
@@ -126,6 +129,8 @@ def _targets(coverage: np.ndarray, positions: np.ndarray, scene: Scene, points: 
     for name, values in ATTRIBUTES.items():
         per_object = np.asarray([values.index(getattr(o, name)) + 1 for o in scene.objects])
         classes[name] = torch.from_numpy(np.where(owned, per_object[owner], 0).astype(np.int64))
+    per_object = np.asarray([MOTION_CLASSES.index(o.motion) + 1 for o in scene.objects])
+    classes["motion"] = torch.from_numpy(np.where(owned, per_object[owner], 0).astype(np.int64))
     return DenseTargets(classes, torch.from_numpy(points[owner].astype(np.float32)),
                         torch.from_numpy(owned), torch.from_numpy(positions.astype(np.float32)))
 
@@ -163,7 +168,7 @@ class DenseHeads(nn.Module):
     unit's position (2). Thrown away after pre-training."""
 
     def __init__(self, feature_dim: int, object_attributes: bool = False,
-                 attribute_weights: dict[str, float] | None = None) -> None:
+                 attribute_weights: dict[str, float] | None = None, motion: float = 0.0) -> None:
         super().__init__()
         # Most units are background, which the averaged attribute losses then mostly score;
         # object_attributes adds each attribute's loss over the object units alone.
@@ -176,6 +181,13 @@ class DenseHeads(nn.Module):
         self.attribute_weights = {name: 1.0 for name in ATTRIBUTES} | dict(attribute_weights or {})
         self.classifiers = nn.ModuleDict({name: nn.Linear(feature_dim, len(values) + 1)
                                           for name, values in ATTRIBUTES.items()})
+        # motion > 0: also read the owner's motion (``MOTION_CLASSES``), with that weight; only
+        # learnable from features that saw earlier frames (the temporal module's output).
+        if motion < 0:
+            raise ValueError(f"motion must be >= 0, got {motion}")
+        if motion > 0:
+            self.classifiers["motion"] = nn.Linear(feature_dim, len(MOTION_CLASSES) + 1)
+            self.attribute_weights["motion"] = float(motion)
         self.point = nn.Linear(feature_dim, 2)
         self.position = nn.Linear(feature_dim, 2)
 
@@ -267,7 +279,7 @@ class FrameStream:
 
 def stack_dense_targets(level: Sequence[DenseTargets]) -> DenseTargets:
     """Frames' targets at one level stacked into a batch (a leading frame axis)."""
-    return DenseTargets({k: torch.stack([t.classes[k] for t in level]) for k in ATTRIBUTES},
+    return DenseTargets({k: torch.stack([t.classes[k] for t in level]) for k in level[0].classes},
                         torch.stack([t.point for t in level]),
                         torch.stack([t.owned for t in level]),
                         torch.stack([t.position for t in level]))
