@@ -64,6 +64,9 @@ def test_ship_a_two_stage_run(tmp_path):
     third = tmp_path / "stage3"
     Trainer(TrainConfig(output_dir=str(third), init_from=str(shipped), **common)).train(
         progress=False)
+    # Re-shipping another model into the folder stage3 started from must not rewrite stage3's
+    # history: the run recorded its ancestry when it started.
+    ship(first, tmp_path / "shipped")
     reshipped = json.loads((ship(third, tmp_path / "shipped2") / "training.json").read_text())
     assert [s["stage"] for s in reshipped["stages"]] == ["vision_pretrain", "train", "train"]
     assert [s["config"]["output_dir"] for s in reshipped["stages"][1:]] == ["out/stage1",

@@ -42,13 +42,12 @@ def portable(config: dict[str, Any]) -> dict[str, Any]:
             for k, v in config.items()}
 
 
-def recipe_chain(run_dir: Path) -> dict[str, Any]:
-    """The run's ``training.json`` (portable), with ``stages``: the recipes of the runs it
-    started from, oldest first, as far as their directories still exist; a run started from
-    a shipped model (whose recipe carries ``stages``) inherits that model's whole chain."""
-    recipe = json.loads((run_dir / RECIPE_NAME).read_text())
+def ancestry(config: dict[str, Any]) -> list[dict[str, Any]]:
+    """The recipes (portable) of the runs a run with ``config`` starts from, oldest first, as
+    far as their directories exist; a parent whose recipe carries ``stages`` (a shipped model,
+    or a run that recorded its own) ends the walk with those. ``Trainer`` records this when
+    a run starts, since a parent folder, the shipped model's above all, may change later."""
     stages: list[dict[str, Any]] = []
-    config = recipe["config"]
     while True:
         vision = config.get("init_vision_from")
         vision_recipe = Path(vision) / VISION_RECIPE_NAME if vision else None
@@ -62,10 +61,19 @@ def recipe_chain(run_dir: Path) -> dict[str, Any]:
         earlier = json.loads((Path(parent) / RECIPE_NAME).read_text())
         stages.insert(0, {"stage": "train", "config": portable(earlier["config"]),
                           "step": earlier.get("step"), "final_loss": earlier.get("final_loss")})
-        if "stages" in earlier:  # a shipped model: its own chain is recorded with it
+        if "stages" in earlier:  # its own chain is recorded with it
             stages[:0] = earlier["stages"]
             break
         config = earlier["config"]
+    return stages
+
+
+def recipe_chain(run_dir: Path) -> dict[str, Any]:
+    """The run's ``training.json`` (portable), with ``stages``: the recipes of the runs it
+    started from, oldest first; as the run recorded them when it started, else as found now
+    (``ancestry``). A run started from a shipped model inherits that model's whole chain."""
+    recipe = json.loads((run_dir / RECIPE_NAME).read_text())
+    stages = recipe["stages"] if "stages" in recipe else ancestry(recipe["config"])
     return {**recipe, "config": portable(recipe["config"]), "stages": stages}
 
 

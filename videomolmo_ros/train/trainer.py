@@ -61,6 +61,7 @@ from videomolmo_ros.train.tokenizer import build_tokenizer, check_layout
 
 STATE_NAME = "trainer_state.pt"
 RECIPE_NAME = "training.json"
+ANCESTRY_NAME = "stages.json"  # the recipes of the runs this one started from (at its start)
 LOG_NAME = "log.jsonl"
 CHECKPOINTS = "checkpoints"
 READOUT_LR = 1e-3  # the read-out heads start fresh: stage 0's rate for them
@@ -425,6 +426,7 @@ class Trainer:
         if config.threads:
             torch.set_num_threads(config.threads)
         checkpoint = latest_checkpoint(self.output) if resume else None
+        self.stages = self._record_ancestry(resume)
         if checkpoint is not None or config.init_from:
             source = checkpoint if checkpoint is not None else config.init_from
             self.tokenizer = loading.load_tokenizer(source)
@@ -657,6 +659,19 @@ class Trainer:
                      if line.strip() and json.loads(line)["step"] <= self.step]
             log.write_text("".join(line + "\n" for line in lines))
 
+    def _record_ancestry(self, resume: bool) -> list[dict[str, Any]]:
+        """The recipes of the runs this one starts from (``ship.ancestry``), read when it
+        starts and kept in the run folder: a resumed run reuses them, so a parent changed or
+        re-shipped since cannot rewrite this run's history."""
+        from videomolmo_ros.train.ship import ancestry
+
+        path = self.output / ANCESTRY_NAME
+        if resume and path.is_file():
+            return json.loads(path.read_text())
+        stages = ancestry(self.config.to_dict())
+        path.write_text(json.dumps(stages, indent=2) + "\n")
+        return stages
+
     def export(self, directory: Path) -> Path:
         """The model in the release layout + tokenizer + ``training.json``: what
         ``VideoMolmoPointer.from_pretrained`` loads."""
@@ -665,7 +680,8 @@ class Trainer:
         self.tokenizer.save_pretrained(str(directory))
         (directory / RECIPE_NAME).write_text(json.dumps(
             {"config": self.config.to_dict(), "step": self.step,
-             "final_loss": self.losses[-1] if self.losses else None}, indent=2) + "\n")
+             "final_loss": self.losses[-1] if self.losses else None, "stages": self.stages},
+            indent=2) + "\n")
         return directory
 
 
