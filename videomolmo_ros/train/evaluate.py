@@ -161,8 +161,8 @@ def evaluate_pointer(pointer: Any, seeds: Sequence[int] = DEFAULT_EVAL_SEEDS,
         result[kind] = {"precision": float(array[:, 0].mean()), "recall": float(array[:, 1].mean()),
                         "f1": float(array[:, 2].mean()), "queries": len(scores)}
         if kind == "counting":
-            ema, mae = counting_metrics(*counts[kind])
             predicted, truth = counts[kind]
+            ema, mae = counting_metrics(predicted, truth)
             silent = [p == 0 for p, n in zip(predicted, truth) if n == 0]
             result[kind].update(ema=ema, mae=mae, zero_queries=len(silent),
                                 none_accuracy=float(np.mean(silent)) if silent else None)

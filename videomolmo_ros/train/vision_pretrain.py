@@ -126,11 +126,9 @@ def _targets(coverage: np.ndarray, positions: np.ndarray, scene: Scene, points: 
     owner = coverage.argmax(-1)
     owned = coverage.max(-1) >= min_coverage
     classes = {}
-    for name, values in ATTRIBUTES.items():
+    for name, values in (ATTRIBUTES | {"motion": MOTION_CLASSES}).items():
         per_object = np.asarray([values.index(getattr(o, name)) + 1 for o in scene.objects])
         classes[name] = torch.from_numpy(np.where(owned, per_object[owner], 0).astype(np.int64))
-    per_object = np.asarray([MOTION_CLASSES.index(o.motion) + 1 for o in scene.objects])
-    classes["motion"] = torch.from_numpy(np.where(owned, per_object[owner], 0).astype(np.int64))
     return DenseTargets(classes, torch.from_numpy(points[owner].astype(np.float32)),
                         torch.from_numpy(owned), torch.from_numpy(positions.astype(np.float32)))
 
