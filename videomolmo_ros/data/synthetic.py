@@ -70,6 +70,9 @@ class SceneConfig:
     noise_level: int = 6  # per-pixel uniform noise, +- grey levels
     relation_margin: float = 0.05  # fraction of width/height that counts as "clearly left of"
     max_expressions_per_kind: int = 10
+    # chance that an object copies the colour and shape of an earlier one and moves unlike it:
+    # then only motion (or position) tells the two apart, so motion words must be read
+    twin_prob: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -271,18 +274,36 @@ def _sample_specs(config: SceneConfig, rng: np.random.Generator) -> list[ObjectS
         size = SIZES[int(rng.integers(len(SIZES)))]
         texture = TEXTURES[int(rng.integers(len(TEXTURES)))]
         radius = float(rng.uniform(*_RADIUS_RANGE[size])) * scale
-        if rng.random() < config.static_prob:
-            motion, speed = "static", 0.0
+        twin_of = None
+        if specs and config.twin_prob > 0 and rng.random() < config.twin_prob:
+            twin_of = specs[int(rng.integers(len(specs)))]
+            color, shape = twin_of.color, twin_of.shape
+        if twin_of is not None:
+            motion = _unlike(twin_of.motion, rng)
+        elif rng.random() < config.static_prob:
+            motion = "static"
+        else:
+            motion = ("left", "right", "up", "down")[int(rng.integers(4))]
+        if motion == "static":
+            speed = 0.0
             start = _static_start(radius, statics, config, rng)
             statics.append((start[0], start[1], radius))
         else:
-            motion = ("left", "right", "up", "down")[int(rng.integers(4))]
             speed = float(rng.uniform(*config.speed_range)) * config.width / 320.0
             start = _moving_start(motion, speed, radius, config, rng)
         specs.append(ObjectSpec(color=color, shape=shape, size=size, texture=texture,
                                 motion=motion, start=start, speed=speed, radius=radius,
                                 depth=int(depths[i])))
     return specs
+
+
+def _unlike(motion: str, rng: np.random.Generator) -> str:
+    """A motion that differs from ``motion``: static for a moving twin, a direction for a static one,
+    otherwise static or another direction, equally likely."""
+    others = [m for m in ("static", "left", "right", "up", "down") if m != motion]
+    if motion != "static":
+        others = ["static"] * 3 + others[1:]  # half static, half one of the three other directions
+    return others[int(rng.integers(len(others)))]
 
 
 def _static_start(radius: float, statics: list[tuple[float, float, float]],
