@@ -74,6 +74,7 @@ def test_unknown_keys_warn() -> None:
 
 def test_json_round_trip_and_release_keys() -> None:
     config = VideoMolmoConfig.tiny(image_padding_embed="pad_and_partial_pad")
+    config.temporal.history_stride = 3
     with tempfile.TemporaryDirectory() as directory:
         config.save(directory)
         with open(f"{directory}/config.json", encoding="utf-8") as handle:
@@ -112,6 +113,7 @@ def test_nested_sections_from_plain_dicts() -> None:
     (dict(crops=CropConfig(overlap_margins=(4, 4))), "no patches"),
     (dict(image_padding_embed="regress"), "image_padding_embed"),
     (dict(vision_backbone=VisionBackboneConfig(image_num_heads=3)), "image_head_dim"),
+    (dict(temporal=TemporalConfig(history_stride=0)), "history_stride"),
 ])
 def test_rejects_what_cannot_be_built(overrides: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):

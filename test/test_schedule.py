@@ -1,7 +1,7 @@
 """KeyframeSchedule: keyframes every k frames; features only where the temporal module reads."""
 import pytest
 
-from videomolmo_ros.core.schedule import KeyframeSchedule
+from videomolmo_ros.core.schedule import KeyframeSchedule, history_indices
 
 
 def test_keyframes():
@@ -50,10 +50,36 @@ def test_history_indices():
         s.history_indices(5)
 
 
-@pytest.mark.parametrize("k,l", [(0, 4), (-1, 4), (10, -1)])
-def test_invalid_parameters(k, l):  # noqa: E741
+def test_strided_history_indices():
+    assert history_indices(20, 4, 4) == [16, 12, 8, 4]
+    assert history_indices(10, 4, 4) == [6, 2]  # frames before 0 do not exist
+    assert history_indices(7, 3, 1) == [6, 5, 4]
+    assert history_indices(5, 0, 3) == []
+    s = KeyframeSchedule(k=10, l=4, stride=3)
+    assert s.history_indices(30) == [27, 24, 21, 18] and s.reach == 12
+
+
+def test_strided_history_may_reach_past_the_previous_keyframe():
+    # keyframe 20 reads 16, 12, 8, 4: 8 and 4 lie before keyframe 10 and must be kept too
+    s = KeyframeSchedule(k=10, l=4, stride=4)
+    assert [i for i in range(11) if s.needs_features(i)] == [0, 2, 4, 6, 8, 10]
+    assert not s.needs_features(1) and not s.needs_features(3)
+
+
+@pytest.mark.parametrize("k,l,stride", [(10, 4, 1), (10, 4, 4), (5, 3, 2), (3, 4, 5), (1, 2, 3),
+                                        (7, 0, 2), (4, 6, 1)])
+def test_needs_features_is_exactly_keyframes_and_their_histories(k, l, stride):  # noqa: E741
+    s = KeyframeSchedule(k=k, l=l, stride=stride)
+    horizon = 60
+    wanted = {i for key in range(0, horizon + s.reach + 1, k)
+              for i in [key] + s.history_indices(key) if i <= horizon}
+    assert {i for i in range(horizon + 1) if s.needs_features(i)} == wanted
+
+
+@pytest.mark.parametrize("k,l,stride", [(0, 4, 1), (-1, 4, 1), (10, -1, 1), (10, 4, 0)])
+def test_invalid_parameters(k, l, stride):  # noqa: E741
     with pytest.raises(ValueError):
-        KeyframeSchedule(k, l)
+        KeyframeSchedule(k, l, stride)
 
 
 def test_non_integer_parameters_rejected():

@@ -382,6 +382,22 @@ def test_history_is_most_recent_first_and_at_most_l():
     assert calls[1].features == ("feat", "cam", 10)
 
 
+def test_history_follows_the_pointers_stride():
+    pointer = FakePointer()
+    pointer.history_stride = 4  # weights trained on every 4th frame
+    engine = StreamingEngine(pointer, FakeSegmenter(), EngineConfig(k=10, l=4))
+    engine.add_query("mug", "cam")
+    run(engine, range(31))
+    calls = list(pointer.calls)
+    assert [c.index for c in calls] == [0, 10, 20, 30]
+    assert [h[2] for h in calls[1].history] == [6, 2]
+    assert [h[2] for h in calls[2].history] == [16, 12, 8, 4]
+    assert [h[2] for h in calls[3].history] == [26, 22, 18, 14]
+    # only keyframes and history frames are encoded, each once
+    assert [i for _, i in pointer.encoded] == [0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26,
+                                               28, 30]
+
+
 def test_history_shorter_when_query_arrives_late():
     engine, pointer, _ = make(k=10, l=4)
     run(engine, range(8))

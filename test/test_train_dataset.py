@@ -115,6 +115,22 @@ def test_history_order_and_black_padding(dataset):
         assert torch.equal(got, want)
 
 
+def test_strided_history_reads_every_sth_frame(tokenizer):
+    strided = PointingDataset(tiny_data(history_stride=3), tiny(), tokenizer)
+    index, sample = first_index(strided, lambda s: 4 <= s.frame_index < 12)
+    t = sample.frame_index
+    scene = strided.scene_for(index)
+    pre = strided.preprocessor
+    layout = pre.frame(scene.frames[t]).layout
+    black = pre.frame(black_frame(layout), layout).crops
+    shown = [i for i in (t - 3, t - 6, t - 9, t - 12) if i >= 0]  # most recent first
+    expected = [black] * (4 - len(shown)) + [pre.frame(scene.frames[i], layout).crops
+                                             for i in shown]
+    assert len(sample.history) == 4
+    for got, want in zip(sample.history, expected):
+        assert torch.equal(got, want)
+
+
 def test_collate_pads_and_masks(dataset, tokenizer):
     samples = [dataset[0], dataset[1]]
     batch = collate(samples, tokenizer.pad_token_id)

@@ -100,6 +100,22 @@ def test_still_history_repeats_the_keyframe_and_video_history_does_not():
         evaluate_pointer(Recorder(), [11], 2, scene=SCENE, history="shuffled")
 
 
+class FrameRecorder(Recorder):
+    """Features are the frame index, so the history says which frames were read."""
+
+    history_stride = 2
+
+    def encode(self, frame):
+        return frame.index
+
+
+def test_video_history_follows_the_pointers_stride():
+    pointer = FrameRecorder()
+    evaluate_pointer(pointer, [11], 2, scene=SCENE, first_keyframe=6)
+    keyframe, history = pointer.calls[0]
+    assert keyframe == 6 and history == [4, 2, 0]
+
+
 def test_none_accuracy_counts_silence_on_zero_count_queries():
     silent = evaluate_pointer(Silent(), [11], 2, scene=SCENE)
     chance = evaluate_pointer(RandomPointer(seed=3), [11], 2, scene=SCENE)

@@ -50,7 +50,8 @@ UNUSUAL_TRAIN = TrainConfig(
     keep_readouts=0.5, referent_map=2.0, referent_layer=1, clip_by="all")
 
 
-TEMPORAL_TRAIN = TrainConfig(output_dir="out/m", data=DataConfig(history_frames=2),
+TEMPORAL_TRAIN = TrainConfig(output_dir="out/m", data=DataConfig(history_frames=2,
+                                                                history_stride=3),
                              keep_readouts=0.1, motion_readout=0.5)
 
 

@@ -198,6 +198,13 @@ def test_init_from_a_trained_model_and_connector_init(tmp_path, tokenizer_dir):
     a, b = first.model.state_dict(), second.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert second.model.config.temporal.history_frames == second.config.data.history_frames
+    # a later stage may space the history out; the saved model then carries that spacing
+    strided = Trainer(run_config(tmp_path / "s", tokenizer_dir, steps=1,
+                                 init_from=str(tmp_path / "a"),
+                                 data=tiny_data(history_stride=3)))
+    strided.train(progress=False)
+    reloaded = VideoMolmoPointer.from_pretrained(str(tmp_path / "s"), max_new_tokens=5)
+    assert reloaded.history_stride == 3 and first.model.config.temporal.history_stride == 1
     # the single-frame ablation may share an earlier stage: the temporal module is dropped
     single = Trainer(run_config(tmp_path / "c", tokenizer_dir, init_from=str(tmp_path / "a"),
                                 temporal=False))

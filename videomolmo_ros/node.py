@@ -160,7 +160,8 @@ class PointingNode(Node):
             pointer += f" model={model_path_or_shipped(settings.model_path)}"
         self.get_logger().info(
             f"ready: cameras={self.cameras} pointer={pointer} "
-            f"segmenter={segmenter.name} k={p('k')} l={p('l')} tau={p('tau')}")
+            f"segmenter={segmenter.name} k={p('k')} l={p('l')} "
+            f"history_stride={self.engine.schedule.stride} tau={p('tau')}")
 
     # ----------------------------------------------------------------- parameters
     def _declare_parameters(self) -> None:

@@ -246,7 +246,10 @@ class StreamingEngine:
         self.pointer = pointer
         self.segmenter = segmenter
         self.config = config if config is not None else EngineConfig()
-        self.schedule = KeyframeSchedule(self.config.k, self.config.l)
+        # The spacing of the history frames belongs to the pointer's weights (a model trained
+        # on every 4th frame must be fed every 4th frame), not to the engine's settings.
+        stride = getattr(pointer, "history_stride", 1)
+        self.schedule = KeyframeSchedule(self.config.k, self.config.l, stride)
         self._registry_lock = threading.Lock()
         self._queries: dict[int, Query] = {}
         self._labels = LabelAllocator(MAX_LABEL)
@@ -360,7 +363,7 @@ class StreamingEngine:
         with self._stream_lock:
             state = self._cameras.get(camera)
             if state is None:
-                state = _CameraState(features=deque(maxlen=self.config.l))
+                state = _CameraState(features=deque(maxlen=self.schedule.reach))
                 self._cameras[camera] = state
             frame = Frame(camera=camera, index=state.next_index, stamp_ns=stamp, image=image)
             state.next_index += 1
@@ -414,9 +417,9 @@ class StreamingEngine:
         if queries:
             features = self._stage("encode", self.pointer.encode, frame)
             state.stats.encodes += 1
-            low = frame.index - self.config.l
-            history = [feat for index, feat in reversed(state.features)
-                       if low <= index < frame.index]
+            wanted = {state.origin + i
+                      for i in self.schedule.history_indices(frame.index - state.origin)}
+            history = [feat for index, feat in reversed(state.features) if index in wanted]
             state.features.append((frame.index, features))
             state.stats.point_calls += 1
             answers = self._stage("point", self.pointer.point, frame, features, history,

@@ -101,12 +101,16 @@ class TemporalConfig:
     ``num_heads`` x ``head_dim`` is the width of its cross-attention; None means the ViT's
     (16 x 64 for ViT-L, as in the release). ``history_frames`` is l, the number of previous frames
     whose mean feature is the context (4, the paper's best and the release's value).
+    ``history_stride`` s spaces them: frames f-s, f-2s, ..., f-l*s. The release reads f-1..f-4
+    (s = 1); a larger s is ours, for motion too slow to show within l consecutive frames. It is a
+    property of the trained weights, so the model carries it and the engine follows it.
     """
 
     enabled: bool = True
     num_heads: int | None = None
     head_dim: int | None = None
     history_frames: int = 4
+    history_stride: int = 1
 
 
 @dataclass
@@ -240,6 +244,8 @@ class VideoMolmoConfig:
                             "(None or 'pad_and_partial_pad')")
         if self.temporal.history_frames < 0:
             problems.append("temporal.history_frames must be >= 0")
+        if self.temporal.history_stride < 1:
+            problems.append("temporal.history_stride must be >= 1")
         if problems:
             raise ValueError("unsupported VideoMolmo configuration: " + "; ".join(problems))
 

@@ -89,6 +89,8 @@ class VideoMolmoPointer(Pointer):
                                                   ImageTokenIds.from_tokenizer(tokenizer))
         self.history_frames = (model.config.temporal.history_frames if history_frames is None
                                else int(history_frames))
+        # the spacing the weights were trained with (1 = consecutive frames, the release's)
+        self.history_stride = int(model.config.temporal.history_stride)
         self.max_new_tokens = int(max_new_tokens)
         self.prompt_template = prompt_template
         self.share_image_prefix = share_image_prefix

@@ -47,6 +47,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, argparse
     p.add_argument("--pool-size", type=int, default=None,
                    help="a fixed pool of scenes (default: new scenes, never repeated)")
     p.add_argument("--history-frames", type=int, default=d.history_frames, help="l")
+    p.add_argument("--history-stride", type=int, default=d.history_stride,
+                   help="s: history frames t-s, t-2s, ..., t-l*s (1 = the release's t-1..t-l)")
     p.add_argument("--captions", type=int, default=d.captions, choices=(0, 1),
                    help="a dense-caption segment per keyframe (Molmo's caption pre-training)")
     p.add_argument("--kinds", default=",".join(KINDS), help="expression kinds to train on")
@@ -96,7 +98,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, argparse
     data = DataConfig(seed=a.data_seed, scene=json.loads(a.scene), pool_size=a.pool_size,
                       frames_per_scene=a.frames_per_scene, interleave=a.interleave,
                       queries_per_frame=a.queries_per_frame, history_frames=a.history_frames,
-                      kinds=tuple(k for k in a.kinds.split(",") if k), captions=a.captions)
+                      history_stride=a.history_stride, kinds=tuple(k for k in a.kinds.split(",") if k), captions=a.captions)
     try:
         config = train_config(a, data)
     except ValueError as error:

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from videomolmo_ros.core.points import Point, format_points
+from videomolmo_ros.core.schedule import history_indices
 from videomolmo_ros.data.synthetic import KINDS, Scene, SceneConfig, make_scene
 from videomolmo_ros.model.config import VideoMolmoConfig
 from videomolmo_ros.model.pointer import pointing_instruction, user_message
@@ -66,6 +67,7 @@ class DataConfig:
         once.
     queries_per_frame: queries packed with one keyframe (fewer if the scene has fewer).
     history_frames: l, previous frames fed to the temporal module (0 = single frame).
+    history_stride: s, their spacing: frames t-s, t-2s, ..., t-l*s (1 = the release's).
     kinds: expression kinds to draw from; a kind is chosen uniformly, then an expression.
     captions: caption segments per keyframe (0 or 1; see the module docstring).
     """
@@ -77,6 +79,7 @@ class DataConfig:
     interleave: int = 4
     queries_per_frame: int = 8
     history_frames: int = 4
+    history_stride: int = 1
     kinds: tuple[str, ...] = KINDS
     captions: int = 0
 
@@ -87,6 +90,8 @@ class DataConfig:
             raise ValueError("frames_per_scene, interleave and queries_per_frame must be >= 1")
         if self.history_frames < 0:
             raise ValueError("history_frames must be >= 0")
+        if self.history_stride < 1:
+            raise ValueError("history_stride must be >= 1")
         unknown = set(self.kinds) - set(KINDS)
         if unknown or not self.kinds:
             raise ValueError(f"kinds must be a non-empty subset of {KINDS}, got {self.kinds}")
@@ -220,8 +225,8 @@ class PointingDataset(torch.utils.data.Dataset):
 
         keyframe = self.preprocessor.frame(scene.frames[t])
         layout = keyframe.layout
-        l = self.data.history_frames
-        previous = [scene.frames[i] for i in range(t - 1, max(t - 1 - l, -1), -1)]
+        l, s = self.data.history_frames, self.data.history_stride
+        previous = [scene.frames[i] for i in history_indices(t, l, s)]
         history_images = [black_frame(layout)] * (l - len(previous)) + previous
         history = (torch.stack([self.preprocessor.frame(img, layout).crops
                                 for img in history_images])

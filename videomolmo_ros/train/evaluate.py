@@ -2,7 +2,8 @@
 
 For each scene (seeds below ``TRAIN_SEED_OFFSET``, never trained on) and each of a few
 keyframes t, every expression of the scene is asked with ``VideoMolmoPointer.point``, the
-keyframe's history being the features of frames t-1 .. t-l (most recent first; the pointer pads
+keyframe's history being the features of frames t-s, .., t-l*s (most recent first; s = 1 but for
+a model trained with a history stride; the pointer pads
 with black frames at the start, as the engine does). Scores, per query then averaged per kind:
 
 * point precision / recall / F1 against the visible referents' masks (Molmo protocol,
@@ -37,6 +38,7 @@ import numpy as np
 
 from videomolmo_ros.core.metrics import counting_metrics, point_precision_recall_f1
 from videomolmo_ros.core.points import Point
+from videomolmo_ros.core.schedule import history_indices
 from videomolmo_ros.data.synthetic import (COLORS, KINDS, SHAPES, SIZES, TEXTURES, SceneConfig,
                                            make_scene)
 
@@ -103,7 +105,8 @@ def evaluate_pointer(pointer: Any, seeds: Sequence[int] = DEFAULT_EVAL_SEEDS,
     "counting": {... + "ema", "mae", "none_accuracy", "zero_queries"}, "all": {...},
     "distinct_answers", "seconds": wall time}.
 
-    history: "video" (frames t-1 .. t-l) or "still" (the keyframe itself, l times).
+    history: "video" (frames t-s, t-2s, .., t-l*s; s is the pointer's ``history_stride``) or
+    "still" (the keyframe itself, l times).
 
     distinct_answers: per keyframe, the number of different answers over the number of queries
     (mean over keyframes): 1/n for a model that answers every query of a frame alike, i.e.
@@ -115,6 +118,7 @@ def evaluate_pointer(pointer: Any, seeds: Sequence[int] = DEFAULT_EVAL_SEEDS,
     per_kind: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
     counts: dict[str, tuple[list[int], list[int]]] = defaultdict(lambda: ([], []))  # pred, gt
     history_frames = getattr(pointer, "history_frames", 4)
+    history_stride = getattr(pointer, "history_stride", 1)
     distinct: list[float] = []  # per keyframe: distinct answers / queries
     nearest: dict[str, list[tuple[bool, float]]] = defaultdict(list)
     by_word: dict[str, list[tuple[bool, float]]] = defaultdict(list)  # attribute queries
@@ -131,7 +135,7 @@ def evaluate_pointer(pointer: Any, seeds: Sequence[int] = DEFAULT_EVAL_SEEDS,
             return features[i]
 
         for t in keyframes(synthetic.num_frames, keyframes_per_scene, first_keyframe):
-            previous = range(t - 1, max(t - 1 - history_frames, -1), -1)
+            previous = history_indices(t, history_frames, history_stride)
             context = [encoded(t) if history == "still" else encoded(i) for i in previous]
             answers = pointer.point(synthetic.frame(t), encoded(t), context,
                                     [e.text for e in expressions])

@@ -66,6 +66,8 @@ def train_arguments(config: dict[str, Any], stop_after: int | None = None) -> li
                       ("--frames-per-scene", "frames_per_scene"), ("--interleave", "interleave"),
                       ("--history-frames", "history_frames"), ("--captions", "captions")):
         args += [flag, repr(data[key])]
+    if data.get("history_stride", 1) != 1:  # newer than the shipped recipe: only when used
+        args += ["--history-stride", repr(data["history_stride"])]
     if data.get("pool_size") is not None:
         args += ["--pool-size", repr(data["pool_size"])]
     args += ["--kinds", ",".join(data["kinds"]), "--scene", _json(data.get("scene", {}))]

@@ -164,6 +164,7 @@ class TrainConfig:
         config = preset(self.preset, base_vocab_size, **self.model_overrides)
         config.temporal.enabled = self.temporal
         config.temporal.history_frames = self.data.history_frames
+        config.temporal.history_stride = self.data.history_stride
         config.validate()
         return config
 
@@ -446,8 +447,9 @@ class Trainer:
             if has_temporal != config.temporal:
                 raise ValueError(f"{source} has temporal={not config.temporal}, the run wants "
                                  f"temporal={config.temporal}")
-            # The history length is the run's (an earlier stage may have trained without).
+            # The history length and spacing are the run's (an earlier stage may differ).
             self.model.config.temporal.history_frames = config.data.history_frames
+            self.model.config.temporal.history_stride = config.data.history_stride
         else:
             self.tokenizer = (loading.load_tokenizer(config.tokenizer) if config.tokenizer
                               else build_tokenizer())
