@@ -8,7 +8,7 @@ from videomolmo_ros.data.synthetic import SceneConfig, make_scene
 from videomolmo_ros.pointers.oracle import OraclePointer
 from videomolmo_ros.train.evaluate import (RandomPointer, evaluate_pointer, format_table,
                                          keyframes, main, named_attributes,
-                                         nearest_object_hits)
+                                         nearest_object_hits, needs_motion)
 
 SCENE = {"width": 128, "height": 96, "num_frames": 10}
 
@@ -43,6 +43,29 @@ def test_named_attributes_reads_the_vocabulary_of_the_scenes():
                                                                   "texture"]
     assert named_attributes("all the squares") == ["shape"]
     assert named_attributes("the topmost object") == []
+
+
+def test_needs_motion_when_the_appearance_words_fit_several_objects():
+    scene = make_scene(SceneConfig(seed=3, num_objects=(4, 4), twin_prob=1.0))
+    objects = scene.objects
+    twin = objects[1]  # copies the colour and shape of an earlier object
+    assert needs_motion(f"the {twin.color} {twin.shape} moving left", objects)
+    assert needs_motion("the static object", objects)
+    alone = SceneConfig(seed=0, num_objects=(1, 1))
+    single = make_scene(alone).objects
+    assert not needs_motion(f"the static {single[0].shape}", single)
+
+
+def test_motion_queries_only_motion_can_answer_are_scored_apart():
+    scene_config = {**SCENE, "twin_prob": 1.0, "num_objects": (3, 4)}
+    seeds = range(11, 15)
+    oracle = evaluate_pointer(OraclePointer(make_scene(SceneConfig(seed=11, **scene_config)),
+                                            min_visible_pixels=1), [11], 2, scene=scene_config)
+    assert oracle["motion"]["needs_motion"]["f1"] == pytest.approx(1.0)
+    assert oracle["motion"]["needs_motion"]["queries"] > 0
+    assert "fit several objects" in format_table(oracle)
+    silent = evaluate_pointer(Silent(), seeds, 2, scene=scene_config)
+    assert silent["motion"]["needs_motion"]["f1"] == 0.0
 
 
 def test_oracle_scores_one():

@@ -91,6 +91,15 @@ def named_attributes(text: str) -> list[str]:
     return [name for name, vocabulary in ATTRIBUTE_WORDS.items() if words & vocabulary]
 
 
+def needs_motion(text: str, objects: Sequence[Any]) -> bool:
+    """Whether a motion query's colour and shape words fit several objects of its scene, so
+    that only the motion words can pick the referent (a frame alone cannot answer it)."""
+    words = set(text.lower().split())
+    fitting = [o for o in objects
+               if all(word in (o.color, o.shape) for word in words & (set(COLORS) | set(SHAPES)))]
+    return len(fitting) > 1
+
+
 def keyframes(num_frames: int, count: int, first: int) -> list[int]:
     """``count`` keyframes spread evenly over [first, num_frames - 1]."""
     first = min(first, num_frames - 1)
@@ -102,7 +111,8 @@ def evaluate_pointer(pointer: Any, seeds: Sequence[int] = DEFAULT_EVAL_SEEDS,
                      kinds: Sequence[str] = KINDS, first_keyframe: int = 4,
                      history: str = "video") -> dict[str, Any]:
     """Scores per kind: {"attribute": {"precision", "recall", "f1", "queries"}, ...,
-    "counting": {... + "ema", "mae", "none_accuracy", "zero_queries"}, "all": {...},
+    "counting": {... + "ema", "mae", "none_accuracy", "zero_queries"}, "motion": {... +
+    "needs_motion": {"f1", "queries"} over the queries only motion can answer}, "all": {...},
     "distinct_answers", "seconds": wall time}.
 
     history: "video" (frames t-s, t-2s, .., t-l*s; s is the pointer's ``history_stride``) or
@@ -122,6 +132,7 @@ def evaluate_pointer(pointer: Any, seeds: Sequence[int] = DEFAULT_EVAL_SEEDS,
     distinct: list[float] = []  # per keyframe: distinct answers / queries
     nearest: dict[str, list[tuple[bool, float]]] = defaultdict(list)
     by_word: dict[str, list[tuple[bool, float]]] = defaultdict(list)  # attribute queries
+    motion_only: list[tuple[float, float, float]] = []  # motion queries a frame cannot answer
     for seed in seeds:
         synthetic = make_scene(SceneConfig(**{**(scene or {}), "seed": int(seed)}))
         expressions = [e for e in synthetic.expressions if e.kind in kinds]
@@ -155,6 +166,9 @@ def evaluate_pointer(pointer: Any, seeds: Sequence[int] = DEFAULT_EVAL_SEEDS,
                 scores = point_precision_recall_f1(xy, [synthetic.masks[t, oid]
                                                         for oid in visible])
                 per_kind[expression.kind].append(scores)
+                if expression.kind == "motion" and needs_motion(expression.text,
+                                                                synthetic.objects):
+                    motion_only.append(scores)
                 predicted, truth = counts[expression.kind]
                 predicted.append(len(points))
                 truth.append(len(visible))
@@ -171,6 +185,9 @@ def evaluate_pointer(pointer: Any, seeds: Sequence[int] = DEFAULT_EVAL_SEEDS,
             result[kind].update(ema=ema, mae=mae, zero_queries=len(silent),
                                 none_accuracy=float(np.mean(silent)) if silent else None)
         result[kind].update(_nearest_summary(nearest[kind]))
+        if kind == "motion" and motion_only:
+            result[kind]["needs_motion"] = {"f1": float(np.asarray(motion_only)[:, 2].mean()),
+                                            "queries": len(motion_only)}
         if kind == "attribute":
             result[kind]["nearest_referent_by_attribute"] = {
                 name: {**_nearest_summary(by_word[name]), "points": len(by_word[name])}
@@ -214,6 +231,10 @@ def format_table(result: dict[str, Any]) -> str:
     if named:
         lines.append("attribute NR by what the query names: " + ", ".join(
             f"{name} {v['nearest_referent']:.2f} ({v['points']})" for name, v in named.items()))
+    motion = result.get("motion", {}).get("needs_motion")
+    if motion:
+        lines.append(f"motion queries whose colour and shape words fit several objects: "
+                     f"F1 {motion['f1']:.3f} ({motion['queries']})")
     counting = result.get("counting", {})
     if counting.get("none_accuracy") is not None:
         lines.append(f"counting queries with no referent answered with no point: "
