@@ -3,7 +3,7 @@ complete, documented, loadable by the real loader, and pointing far better than 
 synthetic scenes it never saw (seeds below the training range).
 
 It is below issue 4's targets (its card says so), so the thresholds below guard what it does
-(measured on these seeds: all-query F1 0.43, spatial 0.40, error 10 px; random points 0.004),
+(measured on these seeds: all-query F1 0.56, spatial 0.60, error 5 px; random points 0.004),
 not what it should do; a broken loader, pre-processing or prompt brings the points to chance
 and fails them."""
 from __future__ import annotations
@@ -52,7 +52,8 @@ def test_shipped_model_points_far_above_chance_on_held_out_scenes(shipped_pointe
     chance = evaluate_pointer(RandomPointer(), HELD_OUT_SEEDS, keyframes_per_scene=2,
                               kinds=kinds)
     assert model["all"]["queries"] > 150
-    assert model["all"]["f1"] >= chance["all"]["f1"] + 0.25, (model["all"], chance["all"])
-    assert model["spatial"]["f1"] >= chance["spatial"]["f1"] + 0.2, model["spatial"]
+    assert model["all"]["f1"] >= chance["all"]["f1"] + 0.4, (model["all"], chance["all"])
+    assert model["spatial"]["f1"] >= chance["spatial"]["f1"] + 0.4, model["spatial"]
     # when it picks a right object it lands near its centre (random points: ~70 px away)
-    assert model["all"]["error_px"] < 20 <= chance["all"]["error_px"], (model["all"], chance["all"])
+    assert model["all"]["error_px"] < 12, model["all"]
+    assert chance["all"]["error_px"] >= 20, chance["all"]
