@@ -274,11 +274,9 @@ def _sample_specs(config: SceneConfig, rng: np.random.Generator) -> list[ObjectS
         size = SIZES[int(rng.integers(len(SIZES)))]
         texture = TEXTURES[int(rng.integers(len(TEXTURES)))]
         radius = float(rng.uniform(*_RADIUS_RANGE[size])) * scale
-        twin_of = None
         if specs and config.twin_prob > 0 and rng.random() < config.twin_prob:
             twin_of = specs[int(rng.integers(len(specs)))]
             color, shape = twin_of.color, twin_of.shape
-        if twin_of is not None:
             motion = _unlike(twin_of.motion, rng)
         elif rng.random() < config.static_prob:
             motion = "static"
@@ -298,12 +296,11 @@ def _sample_specs(config: SceneConfig, rng: np.random.Generator) -> list[ObjectS
 
 
 def _unlike(motion: str, rng: np.random.Generator) -> str:
-    """A motion that differs from ``motion``: static for a moving twin, a direction for a static one,
-    otherwise static or another direction, equally likely."""
-    others = [m for m in ("static", "left", "right", "up", "down") if m != motion]
-    if motion != "static":
-        others = ["static"] * 3 + others[1:]  # half static, half one of the three other directions
-    return others[int(rng.integers(len(others)))]
+    """A motion other than ``motion``: any direction for a static one; for a moving one, static
+    half of the time, else one of the three other directions."""
+    directions = [m for m in MOTIONS[1:] if m != motion]
+    choices = directions if motion == "static" else ["static"] * 3 + directions
+    return choices[int(rng.integers(len(choices)))]
 
 
 def _static_start(radius: float, statics: list[tuple[float, float, float]],

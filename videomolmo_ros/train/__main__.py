@@ -98,7 +98,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, argparse
     data = DataConfig(seed=a.data_seed, scene=json.loads(a.scene), pool_size=a.pool_size,
                       frames_per_scene=a.frames_per_scene, interleave=a.interleave,
                       queries_per_frame=a.queries_per_frame, history_frames=a.history_frames,
-                      history_stride=a.history_stride, kinds=tuple(k for k in a.kinds.split(",") if k), captions=a.captions)
+                      history_stride=a.history_stride,
+                      kinds=tuple(k for k in a.kinds.split(",") if k), captions=a.captions)
     try:
         config = train_config(a, data)
     except ValueError as error:

@@ -91,12 +91,14 @@ def named_attributes(text: str) -> list[str]:
     return [name for name, vocabulary in ATTRIBUTE_WORDS.items() if words & vocabulary]
 
 
+_APPEARANCE_WORDS = frozenset(COLORS) | frozenset(SHAPES)  # what motion phrases name
+
+
 def needs_motion(text: str, objects: Sequence[Any]) -> bool:
     """Whether a motion query's colour and shape words fit several objects of its scene, so
     that only the motion words can pick the referent (a frame alone cannot answer it)."""
-    words = set(text.lower().split())
-    fitting = [o for o in objects
-               if all(word in (o.color, o.shape) for word in words & (set(COLORS) | set(SHAPES)))]
+    named = set(text.lower().split()) & _APPEARANCE_WORDS
+    fitting = [o for o in objects if all(word in (o.color, o.shape) for word in named)]
     return len(fitting) > 1
 
 
