@@ -3,9 +3,10 @@ complete, documented, loadable by the real loader, and pointing far better than 
 synthetic scenes it never saw (seeds below the training range).
 
 It is below issue 4's targets (its card says so), so the thresholds below guard what it does
-(measured on these seeds: all-query F1 0.56, spatial 0.60, error 5 px; random points 0.004),
-not what it should do; a broken loader, pre-processing or prompt brings the points to chance
-and fails them."""
+(measured on these seeds: all-query F1 0.62, spatial 0.65, error 5 px; random points 0.004;
+on motion queries that only motion can answer, F1 0.42 with the real history frames and 0.31
+with a still one), not what it should do; a broken loader, pre-processing, prompt or history
+brings the points to chance, or the motion answers to the still history's, and fails them."""
 from __future__ import annotations
 
 import json
@@ -52,8 +53,21 @@ def test_shipped_model_points_far_above_chance_on_held_out_scenes(shipped_pointe
     chance = evaluate_pointer(RandomPointer(), HELD_OUT_SEEDS, keyframes_per_scene=2,
                               kinds=kinds)
     assert model["all"]["queries"] > 150
-    assert model["all"]["f1"] >= chance["all"]["f1"] + 0.4, (model["all"], chance["all"])
-    assert model["spatial"]["f1"] >= chance["spatial"]["f1"] + 0.4, model["spatial"]
+    assert model["all"]["f1"] >= chance["all"]["f1"] + 0.5, (model["all"], chance["all"])
+    assert model["spatial"]["f1"] >= chance["spatial"]["f1"] + 0.5, model["spatial"]
     # when it picks a right object it lands near its centre (random points: ~70 px away)
-    assert model["all"]["error_px"] < 12, model["all"]
+    assert model["all"]["error_px"] < 10, model["all"]
     assert chance["all"]["error_px"] >= 20, chance["all"]
+
+
+def test_shipped_model_reads_motion_through_its_temporal_module(shipped_pointer):
+    """Scenes with twins (same colour and shape, unlike motion): only the history frames can
+    pick the referent. With every history frame replaced by the keyframe, those answers drop."""
+    assert shipped_pointer.history_stride == 4  # t-4, t-8, t-12, t-16, as it was trained
+    seeds = range(910_000, 910_020)
+    scene = {"num_objects": [2, 6], "twin_prob": 0.5}
+    video, still = (evaluate_pointer(shipped_pointer, seeds, keyframes_per_scene=3, scene=scene,
+                                     kinds=("motion",), history=history)["motion"]
+                    for history in ("video", "still"))
+    assert video["needs_motion"]["queries"] > 150
+    assert video["needs_motion"]["f1"] >= still["needs_motion"]["f1"] + 0.05, (video, still)
