@@ -8,7 +8,7 @@ from videomolmo_ros.data.synthetic import SceneConfig, make_scene
 from videomolmo_ros.pointers.oracle import OraclePointer
 from videomolmo_ros.train.evaluate import (RandomPointer, evaluate_pointer, format_table,
                                          keyframes, main, named_attributes,
-                                         nearest_object_hits, needs_motion)
+                                         nearest_object_hits, needs_motion, points_inside)
 
 SCENE = {"width": 128, "height": 96, "num_frames": 10}
 
@@ -36,6 +36,14 @@ def test_nearest_object_hits_names_the_nearest_centre():
     assert [hit for hit, _ in hits] == [False, True]
     assert [d for _, d in hits] == pytest.approx([2.0, np.hypot(5, 3)])
     assert nearest_object_hits([(1.0, 1.0)], {}, [0]) == []
+
+
+def test_points_inside_reads_the_pixel_under_each_point():
+    masks = np.zeros((2, 10, 20), bool)
+    masks[0, 2:4, 5:8] = True
+    masks[1, 8, 18] = True
+    points = [(6.2, 2.6), (17.6, 7.8), (4.4, 3.0), (25.0, 3.0), (-1.0, 8.0)]
+    assert points_inside(points, masks) == [True, True, False, False, False]
 
 
 def test_named_attributes_reads_the_vocabulary_of_the_scenes():
@@ -76,6 +84,8 @@ def test_oracle_scores_one():
     assert result["counting"]["ema"] == 1.0 and result["counting"]["mae"] == 0.0
     assert result["attribute"]["nearest_referent"] >= 0.9
     assert result["attribute"]["error_px"] < 8
+    assert result["attribute"]["inside_given_nr"] == 1.0  # its points lie on their masks
+    assert "in|NR" in format_table(result)
     named = result["attribute"]["nearest_referent_by_attribute"]
     assert named and all(v["nearest_referent"] >= 0.9 and v["points"] > 0
                          for v in named.values())

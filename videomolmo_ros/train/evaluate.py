@@ -14,7 +14,9 @@ with black frames at the start, as the engine does). Scores, per query then aver
 * two diagnostics that tell *which object* from *how precisely*: ``nearest_referent``, the
   fraction of points whose nearest visible object (by mask centre) is a referent of the query
   (the query was understood, even when the point misses the mask), and ``error_px``, the median
-  distance of those points to that referent's mask centre (the pointing precision);
+  distance of those points to that referent's mask centre (the pointing precision), and
+  ``inside_given_nr``, the fraction of those points that lie inside a referent's mask (below 1:
+  points land beside the right object; near 1: a miss means the wrong object was chosen);
 * for attribute queries, ``nearest_referent`` again per attribute the query names (colour,
   shape, size, texture; a query naming two counts for both): which words the model binds to
   what it sees, and which it ignores.
@@ -85,6 +87,16 @@ ATTRIBUTE_WORDS: dict[str, frozenset[str]] = {
     "size": frozenset(SIZES), "texture": frozenset(TEXTURES)}
 
 
+def points_inside(points: Sequence[tuple[float, float]], masks: np.ndarray) -> list[bool]:
+    """Per (x, y) point: does its pixel lie inside any of ``masks`` (K, H, W)?"""
+    height, width = masks.shape[-2:]
+    out = []
+    for x, y in points:
+        col, row = int(round(x)), int(round(y))
+        out.append(0 <= row < height and 0 <= col < width and bool(masks[:, row, col].any()))
+    return out
+
+
 def named_attributes(text: str) -> list[str]:
     """The attributes (``ATTRIBUTE_WORDS`` keys) whose words appear in a query."""
     words = set(text.lower().split())
@@ -133,6 +145,7 @@ def evaluate_pointer(pointer: Any, seeds: Sequence[int] = DEFAULT_EVAL_SEEDS,
     history_stride = getattr(pointer, "history_stride", 1)
     distinct: list[float] = []  # per keyframe: distinct answers / queries
     nearest: dict[str, list[tuple[bool, float]]] = defaultdict(list)
+    placed: dict[str, list[bool]] = defaultdict(list)  # per NR point: inside a referent mask
     by_word: dict[str, list[tuple[bool, float]]] = defaultdict(list)  # attribute queries
     motion_only: list[tuple[float, float, float]] = []  # motion queries a frame cannot answer
     for seed in seeds:
@@ -162,6 +175,8 @@ def evaluate_pointer(pointer: Any, seeds: Sequence[int] = DEFAULT_EVAL_SEEDS,
                 if visible:
                     hits = nearest_object_hits(xy, centres, visible)
                     nearest[expression.kind] += hits
+                    inside = points_inside(xy, synthetic.masks[t, visible])
+                    placed[expression.kind] += [on for (hit, _), on in zip(hits, inside) if hit]
                     if expression.kind == "attribute":
                         for name in named_attributes(expression.text):
                             by_word[name] += hits
@@ -186,7 +201,7 @@ def evaluate_pointer(pointer: Any, seeds: Sequence[int] = DEFAULT_EVAL_SEEDS,
             silent = [p == 0 for p, n in zip(predicted, truth) if n == 0]
             result[kind].update(ema=ema, mae=mae, zero_queries=len(silent),
                                 none_accuracy=float(np.mean(silent)) if silent else None)
-        result[kind].update(_nearest_summary(nearest[kind]))
+        result[kind].update(_nearest_summary(nearest[kind], placed[kind]))
         if kind == "motion" and motion_only:
             result[kind]["needs_motion"] = {"f1": float(np.asarray(motion_only)[:, 2].mean()),
                                             "queries": len(motion_only)}
@@ -200,25 +215,31 @@ def evaluate_pointer(pointer: Any, seeds: Sequence[int] = DEFAULT_EVAL_SEEDS,
         result["all"] = {"precision": float(array[:, 0].mean()),
                          "recall": float(array[:, 1].mean()), "f1": float(array[:, 2].mean()),
                          "queries": len(everything)}
-        result["all"].update(_nearest_summary([h for hits in nearest.values() for h in hits]))
+        result["all"].update(_nearest_summary([h for hits in nearest.values() for h in hits],
+                                              [p for flags in placed.values() for p in flags]))
     if distinct:
         result["distinct_answers"] = float(np.mean(distinct))
     result["seconds"] = time.perf_counter() - started
     return result
 
 
-def _nearest_summary(hits: Sequence[tuple[bool, float]]) -> dict[str, Any]:
-    """nearest_referent (fraction) and error_px (median, over the points near a referent)."""
+def _nearest_summary(hits: Sequence[tuple[bool, float]],
+                     placed: Sequence[bool] | None = None) -> dict[str, Any]:
+    """nearest_referent (fraction), error_px (median, over the points near a referent) and,
+    given ``placed`` (per such point: inside a referent mask), inside_given_nr."""
     on_referent = [distance for hit, distance in hits if hit]
-    return {"nearest_referent": float(np.mean([hit for hit, _ in hits])) if hits else None,
-            "error_px": float(np.median(on_referent)) if on_referent else None}
+    summary = {"nearest_referent": float(np.mean([hit for hit, _ in hits])) if hits else None,
+               "error_px": float(np.median(on_referent)) if on_referent else None}
+    if placed is not None:
+        summary["inside_given_nr"] = float(np.mean(placed)) if len(placed) else None
+    return summary
 
 
 def format_table(result: dict[str, Any]) -> str:
-    """A plain-text table of ``evaluate_pointer``'s result (NR: nearest_referent, err:
-    error_px)."""
+    """A plain-text table of ``evaluate_pointer``'s result (NR: nearest_referent, in|NR:
+    inside_given_nr, err: error_px)."""
     lines = [f"{'kind':<10} {'queries':>7} {'P':>6} {'R':>6} {'F1':>6} {'EMA':>6} {'MAE':>6} "
-             f"{'NR':>6} {'err px':>6}"]
+             f"{'NR':>6} {'in|NR':>6} {'err px':>6}"]
     for kind in list(KINDS) + ["all"]:
         if kind not in result:
             continue
@@ -227,8 +248,9 @@ def format_table(result: dict[str, Any]) -> str:
         mae = f"{r['mae']:.3f}" if "mae" in r else "-"
         near = f"{r['nearest_referent']:.3f}" if r.get("nearest_referent") is not None else "-"
         error = f"{r['error_px']:.1f}" if r.get("error_px") is not None else "-"
+        placed = f"{r['inside_given_nr']:.3f}" if r.get("inside_given_nr") is not None else "-"
         lines.append(f"{kind:<10} {r['queries']:>7} {r['precision']:>6.3f} {r['recall']:>6.3f} "
-                     f"{r['f1']:>6.3f} {ema:>6} {mae:>6} {near:>6} {error:>6}")
+                     f"{r['f1']:>6.3f} {ema:>6} {mae:>6} {near:>6} {placed:>6} {error:>6}")
     named = result.get("attribute", {}).get("nearest_referent_by_attribute")
     if named:
         lines.append("attribute NR by what the query names: " + ", ".join(
