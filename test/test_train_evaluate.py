@@ -8,7 +8,8 @@ from videomolmo_ros.data.synthetic import SceneConfig, make_scene
 from videomolmo_ros.pointers.oracle import OraclePointer
 from videomolmo_ros.train.evaluate import (RandomPointer, evaluate_pointer, format_table,
                                          keyframes, main, named_attributes,
-                                         nearest_object_hits, needs_motion, points_inside)
+                                         nearest_object_hits, needs_motion, points_inside,
+                                         spatial_form)
 
 SCENE = {"width": 128, "height": 96, "num_frames": 10}
 
@@ -53,6 +54,12 @@ def test_named_attributes_reads_the_vocabulary_of_the_scenes():
     assert named_attributes("the topmost object") == []
 
 
+def test_spatial_form_tells_superlatives_from_relations():
+    assert spatial_form("the leftmost red circle") == "superlative"
+    assert spatial_form("the Topmost object") == "superlative"
+    assert spatial_form("the star left of the red square") == "relation"
+
+
 def test_needs_motion_when_the_appearance_words_fit_several_objects():
     scene = make_scene(SceneConfig(seed=3, num_objects=(4, 4), twin_prob=1.0))
     objects = scene.objects
@@ -85,6 +92,10 @@ def test_oracle_scores_one():
     assert result["attribute"]["nearest_referent"] >= 0.9
     assert result["attribute"]["error_px"] < 8
     assert result["attribute"]["inside_given_nr"] == 1.0  # its points lie on their masks
+    forms = result["spatial"]["by_form"]
+    assert sum(v["queries"] for v in forms.values()) == result["spatial"]["queries"]
+    assert all(v["f1"] == pytest.approx(1.0) for v in forms.values())
+    assert "spatial by form" in format_table(result)
     assert "in|NR" in format_table(result)
     named = result["attribute"]["nearest_referent_by_attribute"]
     assert named and all(v["nearest_referent"] >= 0.9 and v["points"] > 0

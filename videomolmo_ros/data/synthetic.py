@@ -514,6 +514,7 @@ _SUPERLATIVES: dict[str, tuple[int, float]] = {  # sign*(other - target) > margi
     "leftmost": (0, 1.0), "rightmost": (0, -1.0), "topmost": (1, 1.0), "bottommost": (1, -1.0),
 }
 _DESCRIPTORS: tuple[tuple[str, ...], ...] = ((), ("shape",), ("color",), ("color", "shape"))
+SUPERLATIVES: tuple[str, ...] = tuple(_SUPERLATIVES)  # "the leftmost circle"; else a relation
 
 
 def _matches(obj: SceneObject, constraints: dict[str, str]) -> bool:

@@ -19,7 +19,9 @@ with black frames at the start, as the engine does). Scores, per query then aver
   points land beside the right object; near 1: a miss means the wrong object was chosen);
 * for attribute queries, ``nearest_referent`` again per attribute the query names (colour,
   shape, size, texture; a query naming two counts for both): which words the model binds to
-  what it sees, and which it ignores.
+  what it sees, and which it ignores; for spatial queries, F1 and ``nearest_referent`` per
+  form (a superlative, "the leftmost circle", or a relation to an anchor, "the star left of
+  the red square").
 
 ``history="still"`` feeds the keyframe's own features as every history frame: the scene as if
 nothing had moved. A model whose motion answers come from its temporal module loses them there;
@@ -41,8 +43,8 @@ import numpy as np
 from videomolmo_ros.core.metrics import counting_metrics, point_precision_recall_f1
 from videomolmo_ros.core.points import Point
 from videomolmo_ros.core.schedule import history_indices
-from videomolmo_ros.data.synthetic import (COLORS, KINDS, SHAPES, SIZES, TEXTURES, SceneConfig,
-                                           make_scene)
+from videomolmo_ros.data.synthetic import (COLORS, KINDS, SHAPES, SIZES, SUPERLATIVES, TEXTURES,
+                                           SceneConfig, make_scene)
 
 DEFAULT_EVAL_SEEDS = range(900_000, 900_000 + 10)  # held out: below the training seed range
 HISTORIES: tuple[str, ...] = ("video", "still")
@@ -106,6 +108,11 @@ def named_attributes(text: str) -> list[str]:
 _APPEARANCE_WORDS = frozenset(COLORS) | frozenset(SHAPES)  # what motion phrases name
 
 
+def spatial_form(text: str) -> str:
+    """"superlative" ("the leftmost circle") or "relation" ("the star left of the square")."""
+    return "superlative" if set(text.lower().split()) & set(SUPERLATIVES) else "relation"
+
+
 def needs_motion(text: str, objects: Sequence[Any]) -> bool:
     """Whether a motion query's colour and shape words fit several objects of its scene, so
     that only the motion words can pick the referent (a frame alone cannot answer it)."""
@@ -147,6 +154,7 @@ def evaluate_pointer(pointer: Any, seeds: Sequence[int] = DEFAULT_EVAL_SEEDS,
     nearest: dict[str, list[tuple[bool, float]]] = defaultdict(list)
     placed: dict[str, list[bool]] = defaultdict(list)  # per NR point: inside a referent mask
     by_word: dict[str, list[tuple[bool, float]]] = defaultdict(list)  # attribute queries
+    by_form: dict[str, tuple[list, list]] = defaultdict(lambda: ([], []))  # spatial: scores, hits
     motion_only: list[tuple[float, float, float]] = []  # motion queries a frame cannot answer
     for seed in seeds:
         synthetic = make_scene(SceneConfig(**{**(scene or {}), "seed": int(seed)}))
@@ -182,6 +190,10 @@ def evaluate_pointer(pointer: Any, seeds: Sequence[int] = DEFAULT_EVAL_SEEDS,
                             by_word[name] += hits
                 scores = point_precision_recall_f1(xy, [synthetic.masks[t, oid]
                                                         for oid in visible])
+                if expression.kind == "spatial":
+                    form_scores, form_hits = by_form[spatial_form(expression.text)]
+                    form_scores.append(scores)
+                    form_hits += hits if visible else []
                 per_kind[expression.kind].append(scores)
                 if expression.kind == "motion" and needs_motion(expression.text,
                                                                 synthetic.objects):
@@ -205,6 +217,11 @@ def evaluate_pointer(pointer: Any, seeds: Sequence[int] = DEFAULT_EVAL_SEEDS,
         if kind == "motion" and motion_only:
             result[kind]["needs_motion"] = {"f1": float(np.asarray(motion_only)[:, 2].mean()),
                                             "queries": len(motion_only)}
+        if kind == "spatial":
+            result[kind]["by_form"] = {
+                form: {"f1": float(np.asarray(form_scores)[:, 2].mean()),
+                       "queries": len(form_scores), **_nearest_summary(form_hits)}
+                for form, (form_scores, form_hits) in sorted(by_form.items())}
         if kind == "attribute":
             result[kind]["nearest_referent_by_attribute"] = {
                 name: {**_nearest_summary(by_word[name]), "points": len(by_word[name])}
@@ -255,6 +272,12 @@ def format_table(result: dict[str, Any]) -> str:
     if named:
         lines.append("attribute NR by what the query names: " + ", ".join(
             f"{name} {v['nearest_referent']:.2f} ({v['points']})" for name, v in named.items()))
+    forms = result.get("spatial", {}).get("by_form")
+    if forms:
+        lines.append("spatial by form: " + ", ".join(
+            f"{form} F1 {v['f1']:.3f} NR "
+            + (f"{v['nearest_referent']:.2f}" if v["nearest_referent"] is not None else "-")
+            + f" ({v['queries']})" for form, v in forms.items()))
     motion = result.get("motion", {}).get("needs_motion")
     if motion:
         lines.append(f"motion queries whose colour and shape words fit several objects: "
