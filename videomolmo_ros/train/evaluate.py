@@ -188,12 +188,12 @@ def evaluate_pointer(pointer: Any, seeds: Sequence[int] = DEFAULT_EVAL_SEEDS,
                     if expression.kind == "attribute":
                         for name in named_attributes(expression.text):
                             by_word[name] += hits
+                    if expression.kind == "spatial":
+                        by_form[spatial_form(expression.text)][1].extend(hits)
                 scores = point_precision_recall_f1(xy, [synthetic.masks[t, oid]
                                                         for oid in visible])
                 if expression.kind == "spatial":
-                    form_scores, form_hits = by_form[spatial_form(expression.text)]
-                    form_scores.append(scores)
-                    form_hits += hits if visible else []
+                    by_form[spatial_form(expression.text)][0].append(scores)
                 per_kind[expression.kind].append(scores)
                 if expression.kind == "motion" and needs_motion(expression.text,
                                                                 synthetic.objects):
