@@ -95,7 +95,7 @@ def j_and_f(pred: np.ndarray, gt: np.ndarray,
     return j, f, (j + f) / 2
 
 
-def _point_in_mask(x: float, y: float, mask: np.ndarray) -> bool:
+def point_in_mask(x: float, y: float, mask: np.ndarray) -> bool:
     """Molmo's ``is_point_in_region``: round to the nearest pixel, outside the image is a miss."""
     if not (math.isfinite(x) and math.isfinite(y)):
         return False
@@ -152,7 +152,7 @@ def point_precision_recall_f1(pred_points: Sequence[tuple[float, float]],
         return 1.0, 1.0, 1.0
     if n_pred == 0 or n_gt == 0:
         return 0.0, 0.0, 0.0
-    adjacency = [[j for j, mask in enumerate(masks) if _point_in_mask(float(x), float(y), mask)]
+    adjacency = [[j for j, mask in enumerate(masks) if point_in_mask(float(x), float(y), mask)]
                  for x, y in pred_points]
     hits = _max_bipartite_matching(adjacency, n_gt)
     precision = hits / n_pred

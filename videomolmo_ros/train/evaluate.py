@@ -40,7 +40,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from videomolmo_ros.core.metrics import counting_metrics, point_precision_recall_f1
+from videomolmo_ros.core.metrics import (counting_metrics, point_in_mask,
+                                         point_precision_recall_f1)
 from videomolmo_ros.core.points import Point
 from videomolmo_ros.core.schedule import history_indices
 from videomolmo_ros.data.synthetic import (COLORS, KINDS, SHAPES, SIZES, SUPERLATIVES, TEXTURES,
@@ -90,13 +91,8 @@ ATTRIBUTE_WORDS: dict[str, frozenset[str]] = {
 
 
 def points_inside(points: Sequence[tuple[float, float]], masks: np.ndarray) -> list[bool]:
-    """Per (x, y) point: does its pixel lie inside any of ``masks`` (K, H, W)?"""
-    height, width = masks.shape[-2:]
-    out = []
-    for x, y in points:
-        col, row = int(round(x)), int(round(y))
-        out.append(0 <= row < height and 0 <= col < width and bool(masks[:, row, col].any()))
-    return out
+    """Per (x, y) point: does it hit any of ``masks`` (K, H, W), by the rule the F1 uses?"""
+    return [any(point_in_mask(x, y, mask) for mask in masks) for x, y in points]
 
 
 def named_attributes(text: str) -> list[str]:
@@ -180,6 +176,7 @@ def evaluate_pointer(pointer: Any, seeds: Sequence[int] = DEFAULT_EVAL_SEEDS,
             for expression, points in zip(expressions, answers):
                 visible = [oid for oid in expression.object_ids if synthetic.masks[t, oid].any()]
                 xy = [(p.x, p.y) for p in points]
+                form = spatial_form(expression.text) if expression.kind == "spatial" else None
                 if visible:
                     hits = nearest_object_hits(xy, centres, visible)
                     nearest[expression.kind] += hits
@@ -188,12 +185,12 @@ def evaluate_pointer(pointer: Any, seeds: Sequence[int] = DEFAULT_EVAL_SEEDS,
                     if expression.kind == "attribute":
                         for name in named_attributes(expression.text):
                             by_word[name] += hits
-                    if expression.kind == "spatial":
-                        by_form[spatial_form(expression.text)][1].extend(hits)
+                    if form:
+                        by_form[form][1].extend(hits)
                 scores = point_precision_recall_f1(xy, [synthetic.masks[t, oid]
                                                         for oid in visible])
-                if expression.kind == "spatial":
-                    by_form[spatial_form(expression.text)][0].append(scores)
+                if form:
+                    by_form[form][0].append(scores)
                 per_kind[expression.kind].append(scores)
                 if expression.kind == "motion" and needs_motion(expression.text,
                                                                 synthetic.objects):
