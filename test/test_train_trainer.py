@@ -205,6 +205,19 @@ def test_init_from_a_trained_model_and_connector_init(tmp_path, tokenizer_dir):
     strided.train(progress=False)
     reloaded = VideoMolmoPointer.from_pretrained(str(tmp_path / "s"), max_new_tokens=5)
     assert reloaded.history_stride == 3 and first.model.config.temporal.history_stride == 1
+    # a later stage may see the frames larger: same weights, the ViT positions are resized
+    larger = Trainer(run_config(tmp_path / "r", tokenizer_dir, steps=1,
+                                init_from=str(tmp_path / "a"), model_overrides={
+                                    "vision_backbone": {"image_default_input_size": [168, 168]}}))
+    assert all(torch.equal(a[k], larger.model.state_dict()[k]) for k in a)
+    assert larger.batches(0)[0].crops.shape[-2] == 12 * 12  # patches per crop, was 8 x 8
+    larger.train(progress=False)
+    reloaded = VideoMolmoPointer.from_pretrained(str(tmp_path / "r"), max_new_tokens=5)
+    assert reloaded.model.config.vision_backbone.image_default_input_size == (168, 168)
+    # an override that changes a weight's shape cannot start from the stage: a clear error
+    with pytest.raises(loading.CheckpointMismatchError):
+        Trainer(run_config(tmp_path / "w", tokenizer_dir, init_from=str(tmp_path / "a"),
+                           model_overrides={"hidden_size": 48}))
     # the single-frame ablation may share an earlier stage: the temporal module is dropped
     single = Trainer(run_config(tmp_path / "c", tokenizer_dir, init_from=str(tmp_path / "a"),
                                 temporal=False))

@@ -23,7 +23,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, argparse
     p.add_argument("--out", required=True, help="output directory (model, checkpoints, log)")
     p.add_argument("--preset", default=t.preset, choices=sorted(PRESETS))
     p.add_argument("--model-overrides", default="{}",
-                   help="JSON object of VideoMolmoConfig fields replacing the preset's")
+                   help="JSON object of VideoMolmoConfig fields replacing the preset's (with "
+                        "--init-from, the started model's; only fields that keep every weight's "
+                        "shape, e.g. the input size)")
     p.add_argument("--no-temporal", action="store_true",
                    help="single-frame ablation: no temporal module and no history frames")
     p.add_argument("--steps", type=int, default=t.steps, help="optimizer steps")

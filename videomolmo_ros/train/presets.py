@@ -100,7 +100,12 @@ def preset(name: str, base_vocab_size: int = DEFAULT_BASE_VOCAB,
     section (``vision_backbone``, ``crops``, ``temporal``) changes only the keys it names."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
-    config = PRESETS[name](base_vocab_size)
+    return with_overrides(PRESETS[name](base_vocab_size), overrides)
+
+
+def with_overrides(config: VideoMolmoConfig, overrides: Mapping[str, Any]) -> VideoMolmoConfig:
+    """A copy of ``config`` with ``overrides`` (``VideoMolmoConfig`` fields) applied; a dict
+    given for a section (``vision_backbone``, ``crops``, ``temporal``) changes only its keys."""
     values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
     for key, value in overrides.items():
         if key not in values:

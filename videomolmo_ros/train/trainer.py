@@ -56,7 +56,7 @@ from videomolmo_ros.model.temporal import TemporalModule
 from videomolmo_ros.model.videomolmo import VideoMolmoModel
 from videomolmo_ros.train.dataset import (IGNORE_INDEX, Batch, DataConfig, PointingDataset,
                                           collate)
-from videomolmo_ros.train.presets import preset
+from videomolmo_ros.train.presets import preset, with_overrides
 from videomolmo_ros.train.tokenizer import build_tokenizer, check_layout
 
 STATE_NAME = "trainer_state.pt"
@@ -96,7 +96,8 @@ class TrainConfig:
     init_connector: bool = True  # Xavier pooling + projector (see ``init_connector``)
     init_positions: bool = True  # sin-cos ViT positions (see ``init_positions``)
     # Start from this model (release layout + tokenizer; e.g. an earlier curriculum stage)
-    # with a fresh optimizer and schedule; its config.json replaces preset/model_overrides.
+    # with a fresh optimizer and schedule; its config.json replaces the preset, and
+    # model_overrides then apply to it (only fields that keep every weight's shape).
     init_from: str | None = None
     # A stage-0 vision side (``train.vision_pretrain``: ViT, pooling, projector) for a run from
     # scratch: our stand-in for the pre-trained CLIP (and connector) that Molmo starts from.
@@ -431,7 +432,15 @@ class Trainer:
         if checkpoint is not None or config.init_from:
             source = checkpoint if checkpoint is not None else config.init_from
             self.tokenizer = loading.load_tokenizer(source)
-            self.model = loading.load_videomolmo(source).train()
+            start_config = None
+            if checkpoint is None and config.model_overrides:
+                # Fields that keep every weight's shape (the input size, say) may change from
+                # one stage to the next; any other override fails the checkpoint's shape check.
+                start_config = with_overrides(
+                    VideoMolmoConfig.from_pretrained(loading.resolve_checkpoint(source)),
+                    config.model_overrides)
+                start_config.validate()
+            self.model = loading.load_videomolmo(source, config=start_config).train()
             has_temporal = self.model.vision_backbone.adapter is not None
             if checkpoint is None and has_temporal and not config.temporal:
                 # A single-frame run started from a stage with a temporal module (the ablation
