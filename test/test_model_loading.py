@@ -20,7 +20,7 @@ from videomolmo_ros.model.loading import (CheckpointMismatchError,  # noqa: E402
 from videomolmo_ros.model.testing import fixed_input_logits as logits  # noqa: E402
 from videomolmo_ros.model.testing import tiny_tokenizer  # noqa: E402
 from videomolmo_ros.model.videomolmo import VideoMolmoModel  # noqa: E402
-from videomolmo_ros.model.vision import ConvPatchEmbedding  # noqa: E402
+from videomolmo_ros.model.vision import ConvPatchEmbedding, add_conv_stem  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -168,6 +168,29 @@ def test_conv_patch_embedding_variant_round_trips() -> None:
     assert torch.equal(logits(conv), logits(loaded))
     with pytest.raises(ValueError, match="image_patch_embedding"):
         VideoMolmoConfig.tiny(vision_backbone={"image_patch_embedding": "cnn"})
+
+
+def test_linear_plus_conv_variant_round_trips_and_adds_nothing_at_zero() -> None:
+    """image_patch_embedding "linear+conv" (not in the release): a linear model given the branch
+    by ``add_conv_stem`` computes what it did; trained, it saves and loads back exactly."""
+    torch.manual_seed(3)
+    model = VideoMolmoModel(VideoMolmoConfig.tiny()).eval()
+    before = logits(model)
+    assert add_conv_stem(model.vision_backbone.image_vit)
+    assert not add_conv_stem(model.vision_backbone.image_vit)  # already there: unchanged
+    assert torch.equal(logits(model), before)
+    torch.nn.init.normal_(model.vision_backbone.image_vit.conv_stem.linear.weight, std=0.5)
+    changed = logits(model)
+    assert not torch.equal(changed, before)
+    with tempfile.TemporaryDirectory() as directory:
+        save_release_layout(model, directory)
+        assert json.loads(open(os.path.join(directory, "config.json")).read())[
+            "vision_backbone"]["image_patch_embedding"] == "linear+conv"
+        names = loading.read_tensors(directory)
+        loaded = load_videomolmo(directory)
+    assert any(".conv_stem.stem." in name for name in names)
+    assert any(name.endswith("image_vit.patch_embedding.weight") for name in names)
+    assert torch.equal(logits(loaded), changed)
 
 
 def test_bf16_loading(model: VideoMolmoModel, checkpoint: str) -> None:

@@ -54,9 +54,12 @@ TEMPORAL_TRAIN = TrainConfig(output_dir="out/m", data=DataConfig(history_frames=
                                                                 history_stride=3),
                              keep_readouts=0.1, motion_readout=0.5)
 
+STEM_TRAIN = TrainConfig(output_dir="out/c", init_from="out/b", add_conv_stem=True, lr_stem=3e-4,
+                         keep_readouts=0.1, readout_weights={"shape": 5.0, "color": 0.5})
+
 
 @pytest.mark.parametrize("config", [TrainConfig(output_dir="out/plain"), UNUSUAL_TRAIN,
-                                    TEMPORAL_TRAIN])
+                                    TEMPORAL_TRAIN, STEM_TRAIN])
 def test_train_command_parses_back_to_its_config(config):
     saved = as_saved(config)
     command = " ".join([reproduce.TRAIN] + [shlex.quote(a) for a in

@@ -2,6 +2,7 @@
 command line, and a final model that ``VideoMolmoPointer.from_pretrained`` loads."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -13,6 +14,7 @@ pytest.importorskip("transformers")
 from videomolmo_ros.model import loading  # noqa: E402
 from videomolmo_ros.model.pointer import VideoMolmoPointer  # noqa: E402
 from videomolmo_ros.model.videomolmo import VideoMolmoModel  # noqa: E402
+from videomolmo_ros.model.vision import add_conv_stem  # noqa: E402
 from videomolmo_ros.train.__main__ import main  # noqa: E402
 from videomolmo_ros.train.dataset import (CAPTION_PROMPT, PointingDataset,  # noqa: E402
                                           collate)
@@ -55,6 +57,23 @@ def test_parameter_groups_split_llm_and_vision():
         sub = getattr(model.vision_backbone, module)
         assert all(id(p) in vision for p in sub.parameters())
     assert id(model.lm_head.weight) not in vision
+
+
+def test_parameter_groups_give_the_conv_stem_its_own_rate():
+    model = VideoMolmoModel(tiny())
+    assert add_conv_stem(model.vision_backbone.image_vit)
+    stem = {id(p) for p in model.vision_backbone.image_vit.conv_stem.parameters()}
+    groups = parameter_groups(model, 1e-3, 5e-4, weight_decay=0.1, lr_stem=2e-2)
+    assert [g["name"] for g in groups] == ["llm", "vision", "llm_nodecay", "vision_nodecay",
+                                           "vision_stem", "vision_stem_nodecay"]
+    assert [g["lr"] for g in groups] == [1e-3, 5e-4, 1e-3, 5e-4, 2e-2, 2e-2]
+    assert {id(p) for g in groups[4:] for p in g["params"]} == stem
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert sorted(ids) == sorted(id(p) for p in model.parameters())
+    # without lr_stem the branch is simply part of the vision side
+    plain = parameter_groups(model, 1e-3, 5e-4)
+    assert [g["name"] for g in plain][-1] == "vision_nodecay"
+    assert stem <= {id(p) for g in plain[1::2] for p in g["params"]}
 
 
 def _groups_with_gradients(head_scale: float) -> list[dict]:
@@ -374,6 +393,69 @@ def test_motion_readout_reads_the_owner_motion_and_needs_the_temporal_module(tmp
                                               keep_readouts=0.5)).readout_heads.classifiers
     check_training_only_loss(tmp_path, tokenizer_dir, "readout_motion_loss", keep_readouts=0.5,
                              motion_readout=1.0)
+
+
+def test_add_conv_stem_starts_where_the_linear_model_was_and_learns(tmp_path, tokenizer_dir):
+    """--add-conv-stem on a trained linear model: same weights, same image features at step 0
+    (the branch's output layer is zero), the branch trained at its own rate, saved and loaded
+    back as "linear+conv"; a later stage keeps the trained branch."""
+    first = Trainer(run_config(tmp_path / "a", tokenizer_dir, steps=1))
+    first.train(progress=False)
+    stem_run = Trainer(run_config(tmp_path / "b", tokenizer_dir, steps=2,
+                                  init_from=str(tmp_path / "a"), add_conv_stem=True,
+                                  lr_stem=1e-2, keep_readouts=0.5,
+                                  readout_weights={"shape": 5.0}))
+    vit = stem_run.model.vision_backbone.image_vit
+    assert stem_run.model.config.vision_backbone.image_patch_embedding == "linear+conv"
+    assert not vit.conv_stem.linear.weight.any() and not vit.conv_stem.linear.bias.any()
+    a, b = first.model.state_dict(), stem_run.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert {k for k in b if k not in a} == {k for k in b if ".conv_stem." in k} != set()
+    assert stem_run.readout_heads.attribute_weights["shape"] == 5.0
+    rates = {g["name"]: g["initial_lr"] for g in stem_run.optimizer.param_groups}
+    assert rates["vision_stem"] == 1e-2 and rates["vision"] == 3e-3
+    crops = stem_run.batches(0)[0].crops
+    with torch.no_grad():
+        torch.testing.assert_close(stem_run.model.encode_frame(crops),
+                                   first.model.eval().encode_frame(crops))
+    conv_before = vit.conv_stem.stem[0].weight.detach().clone()
+    stem_run.train(progress=False)
+    assert vit.conv_stem.linear.weight.any()  # the branch now adds something
+    assert not torch.equal(vit.conv_stem.stem[0].weight, conv_before)
+    reloaded = VideoMolmoPointer.from_pretrained(str(tmp_path / "b"), max_new_tokens=5)
+    assert reloaded.model.config.vision_backbone.image_patch_embedding == "linear+conv"
+    trained = stem_run.model.eval().state_dict()
+    assert all(torch.equal(trained[k], v) for k, v in reloaded.model.state_dict().items())
+    # a later stage from it, asking again, keeps the trained branch
+    later = Trainer(run_config(tmp_path / "c", tokenizer_dir, steps=1,
+                               init_from=str(tmp_path / "b"), add_conv_stem=True))
+    assert all(torch.equal(trained[k], v) for k, v in later.model.state_dict().items())
+
+
+def test_conv_stem_and_readout_weight_settings_are_checked(tmp_path, tokenizer_dir):
+    with pytest.raises(ValueError, match="keep_readouts"):
+        run_config(tmp_path / "x", tokenizer_dir, readout_weights={"shape": 5.0})
+    with pytest.raises(ValueError, match="lr_stem"):
+        run_config(tmp_path / "x", tokenizer_dir, lr_stem=0.0)
+    with pytest.raises(ValueError, match=">= 0"):
+        run_config(tmp_path / "x", tokenizer_dir, keep_readouts=0.5,
+                   readout_weights={"shape": -1.0})
+    with pytest.raises(ValueError, match="no attribute"):
+        Trainer(run_config(tmp_path / "x", tokenizer_dir, keep_readouts=0.5,
+                           readout_weights={"smell": 1.0}))
+    vision = dataclasses.asdict(tiny().vision_backbone) | {"image_patch_embedding": "conv"}
+    conv = VideoMolmoModel(tiny(vision_backbone=vision))
+    with pytest.raises(ValueError, match="linear patch embedding"):
+        add_conv_stem(conv.vision_backbone.image_vit)
+    # from scratch, the flag builds the branch in (a normal run, no zero start needed)
+    scratch = Trainer(run_config(tmp_path / "s", tokenizer_dir, add_conv_stem=True))
+    assert scratch.model.vision_backbone.image_vit.conv_stem is not None
+    base = ["--out", str(tmp_path / "cli"), "--preset", "tiny", "--tokenizer", tokenizer_dir,
+            "--keep-readouts", "0.5", "--no-progress"]
+    for bad in ('{"shape": }', '[5]'):
+        with pytest.raises(SystemExit) as exit_info:
+            main(base + ["--readout-weights", bad])
+        assert exit_info.value.code == 2
 
 
 def test_referent_map_loss_is_the_cross_entropy_against_the_covered_tokens():

@@ -32,6 +32,10 @@ _HF_BOILERPLATE = frozenset({
 _IGNORED_BY_RELEASE = frozenset({"weight_tying", "clip_qkv", "use_position_ids"})
 
 
+# How pixels become patch vectors (``VisionBackboneConfig.image_patch_embedding``).
+PATCH_EMBEDDINGS = ("linear", "conv", "linear+conv")
+
+
 @dataclass
 class VisionBackboneConfig:
     """The CLIP ViT, with the field names of the release's ``VisionBackboneConfig``.
@@ -62,12 +66,16 @@ class VisionBackboneConfig:
     # with the linear embedding stayed at chance on the shape of one object for 600 steps
     # where the conv embedding learnt it as fast as a CNN (benchmarks/shape_learning.py);
     # Molmo's linear embedding comes from CLIP's pre-training, which has no equivalent here.
+    # "linear+conv" (not in the release): the linear embedding plus that conv embedding as a
+    # second branch, added (``VisionTransformer.conv_stem``). Why: a model trained with the
+    # linear one gains the branch with its output layer at zero (``add_conv_stem``), so it
+    # starts exactly where it was and can still learn shape, without a retrain from scratch.
     image_patch_embedding: str = "linear"
 
     def __post_init__(self) -> None:
         self.image_default_input_size = tuple(int(v) for v in self.image_default_input_size)
-        if self.image_patch_embedding not in ("linear", "conv"):
-            raise ValueError(f"image_patch_embedding must be 'linear' or 'conv', not "
+        if self.image_patch_embedding not in PATCH_EMBEDDINGS:
+            raise ValueError(f"image_patch_embedding must be one of {PATCH_EMBEDDINGS}, not "
                              f"{self.image_patch_embedding!r}")
 
     @property

@@ -69,6 +69,26 @@ class ConvPatchEmbedding(nn.Module):
         return self.linear(pooled.flatten(2).transpose(1, 2))
 
 
+def add_conv_stem(vit: "VisionTransformer") -> bool:
+    """Give a ViT with the linear patch embedding a conv branch (``ConvPatchEmbedding``)
+    whose output layer is zero: the model computes exactly what it did, and the branch
+    grows from there. Sets the config to "linear+conv"; returns False (and changes
+    nothing) when the ViT already has the branch; ValueError for the "conv" embedding."""
+    vision = vit.config.vision_backbone
+    if vision.image_patch_embedding == "linear+conv":
+        return False
+    if vision.image_patch_embedding != "linear":
+        raise ValueError(f"a conv stem is added to the linear patch embedding, not to "
+                         f"{vision.image_patch_embedding!r}")
+    reference = vit.patch_embedding.weight
+    stem = ConvPatchEmbedding(vision.image_patch_size, vision.image_emb_dim)
+    nn.init.zeros_(stem.linear.weight)
+    nn.init.zeros_(stem.linear.bias)
+    vit.conv_stem = stem.to(device=reference.device, dtype=reference.dtype)
+    vision.image_patch_embedding = "linear+conv"
+    return True
+
+
 class VisionTransformer(nn.Module):
     """CLIP ViT over pre-cut patches; returns the hidden states the model needs."""
 
@@ -83,6 +103,9 @@ class VisionTransformer(nn.Module):
             self.patch_embedding = ConvPatchEmbedding(vision.image_patch_size, dim)
         else:
             self.patch_embedding = nn.Linear(vision.image_patch_size ** 2 * 3, dim, bias=False)
+        # "linear+conv": a conv branch added to the linear embedding (see add_conv_stem).
+        self.conv_stem = (ConvPatchEmbedding(vision.image_patch_size, dim)
+                          if vision.image_patch_embedding == "linear+conv" else None)
         self.pre_ln = LayerNormFp32(dim, eps=vision.image_norm_eps)
         block_config = clip_block_config(config)
         self.blocks = nn.ModuleList(CLIPEncoderLayer(block_config)
@@ -108,6 +131,8 @@ class VisionTransformer(nn.Module):
         (N, 1 + P, D) (CLS first)."""
         grid = self.config.vision_backbone.image_num_patch
         x = self.patch_embedding(patches)  # (N, P, D)
+        if self.conv_stem is not None:
+            x = x + self.conv_stem(patches)
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1)  # (N, 1 + P, D)
         x = self.add_positional_embedding(x, grid)

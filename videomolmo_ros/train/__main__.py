@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Sequence
+from typing import Any, Sequence
 
 from videomolmo_ros.data.synthetic import KINDS
 from videomolmo_ros.train.dataset import DataConfig
@@ -93,6 +93,14 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, argparse
                    help="side: clip the LLM, the vision side and each training-only head to "
                         "--max-grad-norm on its own; all: everything together (runs recorded "
                         "before this option)")
+    p.add_argument("--add-conv-stem", action="store_true",
+                   help="give the ViT a conv branch beside its linear patch embedding, output "
+                        "layer at zero (TrainConfig.add_conv_stem)")
+    p.add_argument("--lr-stem", type=float, default=None,
+                   help="peak learning rate of that branch (default: --lr-vision)")
+    p.add_argument("--readout-weights", default="{}",
+                   help='JSON object of per-attribute weights inside --keep-readouts, e.g. '
+                        '{"shape": 5}')
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
     if a.stop_after is not None and not 0 < a.stop_after <= a.steps:
@@ -104,7 +112,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, argparse
                       kinds=tuple(k for k in a.kinds.split(",") if k), captions=a.captions)
     try:
         config = train_config(a, data)
-    except ValueError as error:
+    except (ValueError, TypeError) as error:
         p.error(str(error))
     return config, a
 
@@ -123,7 +131,19 @@ def train_config(a: argparse.Namespace, data: DataConfig) -> TrainConfig:
         monitor_every=a.monitor_every, query_recall=a.query_recall,
         keep_readouts=a.keep_readouts, motion_readout=a.motion_readout,
         referent_map=a.referent_map,
-        referent_layer=a.referent_layer, clip_by=a.clip_by)
+        referent_layer=a.referent_layer, clip_by=a.clip_by, add_conv_stem=a.add_conv_stem,
+        lr_stem=a.lr_stem, readout_weights=_json_object(a.readout_weights, "--readout-weights"))
+
+
+def _json_object(text: str, flag: str) -> dict[str, Any]:
+    """A flag's JSON object (ValueError with the flag's name otherwise)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{flag} is not JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{flag} must be a JSON object, not {text!r}")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:

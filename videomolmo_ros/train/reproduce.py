@@ -62,6 +62,12 @@ def train_arguments(config: dict[str, Any], stop_after: int | None = None) -> li
     if config.get("referent_map", 0.0):  # newer than the shipped recipe: only when used
         args += ["--referent-map", repr(config["referent_map"]),
                  "--referent-layer", repr(config.get("referent_layer", -1))]
+    if config.get("add_conv_stem"):  # newer than the shipped recipe: only when used
+        args.append("--add-conv-stem")
+    if config.get("lr_stem") is not None:
+        args += ["--lr-stem", repr(config["lr_stem"])]
+    if config.get("readout_weights"):
+        args += ["--readout-weights", _json(config["readout_weights"])]
     for flag, key in (("--data-seed", "seed"), ("--queries-per-frame", "queries_per_frame"),
                       ("--frames-per-scene", "frames_per_scene"), ("--interleave", "interleave"),
                       ("--history-frames", "history_frames"), ("--captions", "captions")):

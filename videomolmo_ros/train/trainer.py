@@ -54,6 +54,7 @@ from videomolmo_ros.model import loading
 from videomolmo_ros.model.config import VideoMolmoConfig
 from videomolmo_ros.model.temporal import TemporalModule
 from videomolmo_ros.model.videomolmo import VideoMolmoModel
+from videomolmo_ros.model.vision import add_conv_stem
 from videomolmo_ros.train.dataset import (IGNORE_INDEX, Batch, DataConfig, PointingDataset,
                                           collate)
 from videomolmo_ros.train.presets import preset, with_overrides
@@ -129,6 +130,15 @@ class TrainConfig:
     # and each training-only head on its own; "all" clips every trained parameter together
     # (runs recorded before this option existed, the shipped model's included).
     clip_by: str = "side"
+    # Give the ViT a conv branch beside its linear patch embedding (``vision.add_conv_stem``:
+    # output layer at zero, so a started model computes exactly what it did). Why: the small
+    # ViT from scratch does not learn shape with the linear embedding alone; the conv one
+    # does (``benchmarks/shape_learning.py``), and a trained linear model keeps its training.
+    add_conv_stem: bool = False
+    # Peak learning rate of that branch (a fresh module beside a trained one); None = lr_vision.
+    lr_stem: float | None = None
+    # Per-attribute weights inside the kept read-outs (``DenseHeads``), e.g. {"shape": 5.0}.
+    readout_weights: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if isinstance(self.data, dict):
@@ -150,6 +160,13 @@ class TrainConfig:
                              "with history frames (one frame cannot show motion)")
         if self.clip_by not in CLIP_BY:
             raise ValueError(f"clip_by must be one of {CLIP_BY}, got {self.clip_by!r}")
+        if self.lr_stem is not None and self.lr_stem <= 0:
+            raise ValueError(f"lr_stem must be > 0, got {self.lr_stem}")
+        if self.readout_weights and not self.keep_readouts > 0:
+            raise ValueError("readout_weights weigh the kept read-outs: they need "
+                             "keep_readouts > 0")
+        if any(w < 0 for w in self.readout_weights.values()):
+            raise ValueError(f"readout_weights must be >= 0, got {self.readout_weights}")
 
     @property
     def frames_per_step(self) -> int:
@@ -171,20 +188,29 @@ class TrainConfig:
 
 
 # ------------------------------------------------------------------------------------- model
+STEM_PREFIX = "vision_backbone.image_vit.conv_stem."
+
+
 def parameter_groups(model: VideoMolmoModel, lr_llm: float, lr_vision: float,
-                     weight_decay: float = 0.0) -> list[dict[str, Any]]:
+                     weight_decay: float = 0.0, lr_stem: float | None = None
+                     ) -> list[dict[str, Any]]:
     """AdamW groups: LLM (``llm.*``, ``lm_head``) and vision (``vision_backbone.*``: ViT,
     temporal module, pooling, projector), each split into matrices (decayed) and the 1-D
     norm gains, biases and embedding-like tables kept from decay (``*_nodecay``, the usual
-    GPT practice). Every parameter is in exactly one group; empty groups are left out."""
+    GPT practice). With ``lr_stem``, the ViT's conv branch (``STEM_PREFIX``) has groups of
+    its own (``vision_stem*``, clipped with the vision side). Every parameter is in exactly
+    one group; empty groups are left out; the LLM's and the vision side's come first."""
     groups: dict[str, list[torch.nn.Parameter]] = {
-        "llm": [], "vision": [], "llm_nodecay": [], "vision_nodecay": []}
+        "llm": [], "vision": [], "llm_nodecay": [], "vision_nodecay": [],
+        "vision_stem": [], "vision_stem_nodecay": []}
     for name, param in model.named_parameters():
         side = "vision" if name.startswith("vision_backbone.") else "llm"
+        if lr_stem is not None and name.startswith(STEM_PREFIX):
+            side = "vision_stem"
         decayed = param.dim() >= 2 and "embedding" not in name.rsplit(".", 1)[-1]
         groups[side if decayed else side + "_nodecay"].append(param)
-    lrs = {"llm": lr_llm, "vision": lr_vision}
-    return [{"params": params, "lr": lrs[name.split("_")[0]], "name": name,
+    lrs = {"llm": lr_llm, "vision": lr_vision, "vision_stem": lr_stem}
+    return [{"params": params, "lr": lrs[name.removesuffix("_nodecay")], "name": name,
              "weight_decay": 0.0 if name.endswith("_nodecay") else weight_decay}
             for name, params in groups.items() if params]
 
@@ -483,8 +509,12 @@ class Trainer:
         self.dataset = PointingDataset(config.data, self.model.config, self.tokenizer,
                                        dense_targets=config.keep_readouts > 0,
                                        referent_maps=config.referent_map > 0)
+        if config.add_conv_stem and self.model.config.vision_backbone.image_patch_embedding \
+                != "linear+conv":
+            # Zero output layer: a started model computes what it did (vision.add_conv_stem).
+            add_conv_stem(self.model.vision_backbone.image_vit)
         groups = parameter_groups(self.model, config.lr_llm, config.lr_vision,
-                                  config.weight_decay)
+                                  config.weight_decay, lr_stem=config.lr_stem)
         self.recall_head: torch.nn.Linear | None = None
         if config.query_recall > 0:  # training only (see query_recall_loss); not exported
             self.recall_head = torch.nn.Linear(self.model.config.hidden_size,
@@ -497,6 +527,7 @@ class Trainer:
             from videomolmo_ros.train.vision_pretrain import DenseHeads
 
             self.readout_heads = DenseHeads(self.model.config.hidden_size, object_attributes=True,
+                                            attribute_weights=config.readout_weights,
                                             motion=config.motion_readout)
             groups.append({"params": list(self.readout_heads.parameters()), "lr": READOUT_LR,
                            "name": "readout_heads", "weight_decay": config.weight_decay})
@@ -645,13 +676,15 @@ class Trainer:
         state = torch.load(checkpoint / STATE_NAME, map_location="cpu", weights_only=True)
         saved = {"query_recall": 0.0, "keep_readouts": 0.0, "referent_map": 0.0,
                  "motion_readout": 0.0,
-                 "referent_layer": -1, "clip_by": "all",
+                 "referent_layer": -1, "clip_by": "all", "add_conv_stem": False,
+                 "lr_stem": None, "readout_weights": {},
                  **state["config"]}  # older checkpoints lack these
         mine = self.config.to_dict()
         changed = [k for k in ("data", "batch_frames", "grad_accum", "preset", "temporal",
                                "model_overrides", "seed", "init_from", "init_vision_from",
                                "query_recall", "keep_readouts", "referent_map",
-                               "motion_readout", "referent_layer", "clip_by")
+                               "motion_readout", "referent_layer", "clip_by",
+                               "add_conv_stem", "lr_stem", "readout_weights")
                    if saved.get(k) != mine.get(k)]
         if changed:
             raise ValueError(f"cannot resume {checkpoint}: the run changed {changed}")
