@@ -68,6 +68,9 @@ def test_parameter_groups_give_the_conv_stem_its_own_rate():
                                            "vision_stem", "vision_stem_nodecay"]
     assert [g["lr"] for g in groups] == [1e-3, 5e-4, 1e-3, 5e-4, 2e-2, 2e-2]
     assert {id(p) for g in groups[4:] for p in g["params"]} == stem
+    for param in model.parameters():
+        param.grad = torch.ones_like(param)
+    assert set(clip_gradients(groups, 1.0, clip_by="side")) == {"llm", "vision", "vision_stem"}
     ids = [id(p) for g in groups for p in g["params"]]
     assert sorted(ids) == sorted(id(p) for p in model.parameters())
     # without lr_stem the branch is simply part of the vision side

@@ -198,7 +198,8 @@ def parameter_groups(model: VideoMolmoModel, lr_llm: float, lr_vision: float,
     temporal module, pooling, projector), each split into matrices (decayed) and the 1-D
     norm gains, biases and embedding-like tables kept from decay (``*_nodecay``, the usual
     GPT practice). With ``lr_stem``, the ViT's conv branch (``STEM_PREFIX``) has groups of
-    its own (``vision_stem*``, clipped with the vision side). Every parameter is in exactly
+    its own (``vision_stem*``; ``clip_by="side"`` clips it on its own, a fresh module
+    beside a trained one). Every parameter is in exactly
     one group; empty groups are left out; the LLM's and the vision side's come first."""
     groups: dict[str, list[torch.nn.Parameter]] = {
         "llm": [], "vision": [], "llm_nodecay": [], "vision_nodecay": [],
