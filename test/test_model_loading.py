@@ -149,6 +149,17 @@ def test_padding_embeddings_variant_round_trips() -> None:
     assert torch.equal(loaded.vision_backbone.pad_embed, molmo.vision_backbone.pad_embed)
 
 
+def saved_and_loaded(model: VideoMolmoModel, embedding: str
+                     ) -> tuple[dict[str, torch.Tensor], VideoMolmoModel]:
+    """Save ``model`` in the release layout, check that its config.json names ``embedding``
+    as the patch embedding, and return the saved tensors and the model loaded back."""
+    with tempfile.TemporaryDirectory() as directory:
+        save_release_layout(model, directory)
+        assert json.loads(open(os.path.join(directory, "config.json")).read())[
+            "vision_backbone"]["image_patch_embedding"] == embedding
+        return loading.read_tensors(directory), load_videomolmo(directory)
+
+
 def test_conv_patch_embedding_variant_round_trips() -> None:
     """image_patch_embedding "conv" (not in the release): its stem is saved under the vision
     backbone's names and loads back to the same outputs; the config says which embedding."""
@@ -158,12 +169,7 @@ def test_conv_patch_embedding_variant_round_trips() -> None:
         "image_patch_embedding": "conv"})
     conv = VideoMolmoModel(config).eval()
     assert isinstance(conv.vision_backbone.image_vit.patch_embedding, ConvPatchEmbedding)
-    with tempfile.TemporaryDirectory() as directory:
-        save_release_layout(conv, directory)
-        assert json.loads(open(os.path.join(directory, "config.json")).read())[
-            "vision_backbone"]["image_patch_embedding"] == "conv"
-        names = loading.read_tensors(directory)
-        loaded = load_videomolmo(directory)
+    names, loaded = saved_and_loaded(conv, "conv")
     assert any(".patch_embedding.stem." in name for name in names)
     assert torch.equal(logits(conv), logits(loaded))
     with pytest.raises(ValueError, match="image_patch_embedding"):
@@ -182,12 +188,7 @@ def test_linear_plus_conv_variant_round_trips_and_adds_nothing_at_zero() -> None
     torch.nn.init.normal_(model.vision_backbone.image_vit.conv_stem.linear.weight, std=0.5)
     changed = logits(model)
     assert not torch.equal(changed, before)
-    with tempfile.TemporaryDirectory() as directory:
-        save_release_layout(model, directory)
-        assert json.loads(open(os.path.join(directory, "config.json")).read())[
-            "vision_backbone"]["image_patch_embedding"] == "linear+conv"
-        names = loading.read_tensors(directory)
-        loaded = load_videomolmo(directory)
+    names, loaded = saved_and_loaded(model, "linear+conv")
     assert any(".conv_stem.stem." in name for name in names)
     assert any(name.endswith("image_vit.patch_embedding.weight") for name in names)
     assert torch.equal(logits(loaded), changed)

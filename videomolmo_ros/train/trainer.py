@@ -510,8 +510,7 @@ class Trainer:
         self.dataset = PointingDataset(config.data, self.model.config, self.tokenizer,
                                        dense_targets=config.keep_readouts > 0,
                                        referent_maps=config.referent_map > 0)
-        if config.add_conv_stem and self.model.config.vision_backbone.image_patch_embedding \
-                != "linear+conv":
+        if config.add_conv_stem:  # a no-op on a model that has the branch (a later stage)
             # Zero output layer: a started model computes what it did (vision.add_conv_stem).
             add_conv_stem(self.model.vision_backbone.image_vit)
         groups = parameter_groups(self.model, config.lr_llm, config.lr_vision,
