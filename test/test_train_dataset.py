@@ -201,3 +201,35 @@ def test_a_frame_without_queries_still_makes_a_sample_with_referent_maps(tokeniz
     assert sample.queries == [] and sample.referent_maps.shape[0] == 0
     batch = collate([sample, sample], pad_id=0)
     assert batch.referent_maps.shape[:2] == (2, 1) and not batch.referent_maps.any()
+
+
+def first_kinds(data, tokenizer, draws=240):
+    """The kind of the first query chosen on each of ``draws`` keyframe draws (a few scenes)."""
+    pointing = PointingDataset(data, tiny(), tokenizer)
+    scenes = [pointing.scene_for(i) for i in range(4)]
+    kinds = []
+    for draw in range(draws):
+        scene = scenes[draw % len(scenes)]
+        kinds.append(pointing.choose_queries(scene, np.random.default_rng([5, draw]))[0].kind)
+    return kinds
+
+
+def test_kind_weights_tilt_the_draw_toward_a_kind_without_dropping_the_others(tokenizer):
+    uniform = first_kinds(tiny_data(), tokenizer)
+    tilted = first_kinds(tiny_data(kind_weights={"spatial": 6.0}), tokenizer)
+    assert set(tilted) == set(uniform)  # every kind still comes up
+    share = {name: kinds.count("spatial") / len(kinds)
+             for name, kinds in (("uniform", uniform), ("tilted", tilted))}
+    # With all four kinds present the odds are 1/4 against 6/9.
+    assert share["uniform"] < 0.4 < 0.55 < share["tilted"], share
+
+
+@pytest.mark.parametrize("weights, reason", [
+    ({"motion": 2.0}, "not trained on"),
+    ({"spatial": 0.0}, "numbers > 0"),
+    ({"spatial": -1.0}, "numbers > 0"),
+    ({"spatial": float("nan")}, "numbers > 0"),
+])
+def test_bad_kind_weights_are_refused_with_a_reason(weights, reason):
+    with pytest.raises(ValueError, match=reason):
+        tiny_data(kinds=("attribute", "spatial"), kind_weights=weights)

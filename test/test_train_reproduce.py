@@ -40,9 +40,8 @@ def parsed_vision(command: str) -> dict:
 UNUSUAL_TRAIN = TrainConfig(
     output_dir="out/b", preset="tiny", model_overrides={"hidden_size": 64}, temporal=False,
     data=DataConfig(seed=7, scene={"num_objects": [1, 6], "width": 160}, pool_size=12,
-                    frames_per_scene=3, interleave=5, queries_per_frame=6, kinds=("spatial",
-                                                                                  "counting"),
-                    captions=1),
+                    frames_per_scene=3, interleave=5, queries_per_frame=6,
+                    kinds=("spatial", "counting"), kind_weights={"spatial": 2.5}, captions=1),
     steps=1234, batch_frames=16, grad_accum=3, lr_llm=3.5e-4, lr_vision=1e-5,
     weight_decay=0.01, warmup_steps=7, min_lr_ratio=0.25, max_grad_norm=0.5, seed=9,
     save_every=11, keep_checkpoints=4, tokenizer="out/tok", threads=1, init_connector=False,

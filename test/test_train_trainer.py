@@ -461,6 +461,19 @@ def test_conv_stem_and_readout_weight_settings_are_checked(tmp_path, tokenizer_d
         assert exit_info.value.code == 2
 
 
+@pytest.mark.parametrize("weights, reason", [
+    ('{"spatial": }', "not JSON"), ('[2]', "JSON object"), ('{"spatial": "two"}', "numbers > 0"),
+    ('{"smell": 2}', "not trained on"), ('{"spatial": 0}', "numbers > 0")])
+def test_the_cli_refuses_bad_kind_weights_with_a_reason(tmp_path, tokenizer_dir, capsys,
+                                                        weights, reason):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--out", str(tmp_path / "cli"), "--preset", "tiny", "--tokenizer", tokenizer_dir,
+              "--kind-weights", weights, "--no-progress"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert "error:" in error and reason in error, error
+
+
 def test_referent_map_loss_is_the_cross_entropy_against_the_covered_tokens():
     from videomolmo_ros.train.trainer import referent_map_loss
 

@@ -54,6 +54,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, argparse
     p.add_argument("--captions", type=int, default=d.captions, choices=(0, 1),
                    help="a dense-caption segment per keyframe (Molmo's caption pre-training)")
     p.add_argument("--kinds", default=",".join(KINDS), help="expression kinds to train on")
+    p.add_argument("--kind-weights", default="{}",
+                   help='JSON object of relative odds of the kinds (others weigh 1), e.g. '
+                        '{"spatial": 2}')
     p.add_argument("--scene", default="{}", help="JSON object of SceneConfig overrides")
     p.add_argument("--save-every", type=int, default=t.save_every)
     p.add_argument("--keep-checkpoints", type=int, default=t.keep_checkpoints)
@@ -105,12 +108,14 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, argparse
     a = p.parse_args(argv)
     if a.stop_after is not None and not 0 < a.stop_after <= a.steps:
         p.error(f"--stop-after must be in 1..--steps ({a.steps}), not {a.stop_after}")
-    data = DataConfig(seed=a.data_seed, scene=json.loads(a.scene), pool_size=a.pool_size,
-                      frames_per_scene=a.frames_per_scene, interleave=a.interleave,
-                      queries_per_frame=a.queries_per_frame, history_frames=a.history_frames,
-                      history_stride=a.history_stride,
-                      kinds=tuple(k for k in a.kinds.split(",") if k), captions=a.captions)
     try:
+        kind_weights = _json_object(a.kind_weights, "--kind-weights")
+        data = DataConfig(
+            seed=a.data_seed, scene=json.loads(a.scene), pool_size=a.pool_size,
+            frames_per_scene=a.frames_per_scene, interleave=a.interleave,
+            queries_per_frame=a.queries_per_frame, history_frames=a.history_frames,
+            history_stride=a.history_stride, kinds=tuple(k for k in a.kinds.split(",") if k),
+            kind_weights=kind_weights, captions=a.captions)
         config = train_config(a, data)
     except (ValueError, TypeError) as error:
         p.error(str(error))

@@ -69,6 +69,9 @@ class DataConfig:
     history_frames: l, previous frames fed to the temporal module (0 = single frame).
     history_stride: s, their spacing: frames t-s, t-2s, ..., t-l*s (1 = the release's).
     kinds: expression kinds to draw from; a kind is chosen uniformly, then an expression.
+    kind_weights: relative odds of a kind among those a scene has (unlisted kinds weigh 1;
+        empty = uniform, the draw of runs recorded before this field). A curriculum lever:
+        more of the kind a model is weakest at without dropping the others.
     captions: caption segments per keyframe (0 or 1; see the module docstring).
     """
 
@@ -81,6 +84,7 @@ class DataConfig:
     history_frames: int = 4
     history_stride: int = 1
     kinds: tuple[str, ...] = KINDS
+    kind_weights: dict[str, float] = field(default_factory=dict)
     captions: int = 0
 
     def __post_init__(self) -> None:
@@ -96,6 +100,14 @@ class DataConfig:
         if unknown or not self.kinds:
             raise ValueError(f"kinds must be a non-empty subset of {KINDS}, got {self.kinds}")
         object.__setattr__(self, "kinds", tuple(self.kinds))
+        stray = set(self.kind_weights) - set(self.kinds)
+        if stray:
+            raise ValueError(f"kind_weights name kinds not trained on: {sorted(stray)} "
+                             f"(kinds: {self.kinds})")
+        if not all(isinstance(w, (int, float)) and w > 0  # rejects NaN too
+                   for w in self.kind_weights.values()):
+            raise ValueError(f"kind_weights must be numbers > 0 (leave a kind out of kinds to "
+                             f"drop it), got {self.kind_weights}")
 
     def scene_index(self, index: int) -> int:
         """Which scene sample ``index`` comes from (see ``interleave``)."""
@@ -204,14 +216,18 @@ class PointingDataset(torch.utils.data.Dataset):
         return self._scene(self.data.scene_seed(self.data.scene_index(index)))
 
     def choose_queries(self, scene: Scene, rng: np.random.Generator) -> list[Any]:
-        """Up to ``queries_per_frame`` distinct expressions: a kind uniformly among the kinds
-        present, then an expression of it uniformly."""
+        """Up to ``queries_per_frame`` distinct expressions: a kind among the kinds present
+        (uniformly, or by ``kind_weights``), then an expression of it uniformly."""
         pools = {k: scene.expressions_of_kind(k) for k in self.data.kinds}
         pools = {k: list(v) for k, v in pools.items() if v}
         chosen = []
         while pools and len(chosen) < self.data.queries_per_frame:
             kinds = sorted(pools)
-            kind = kinds[int(rng.integers(len(kinds)))]
+            if self.data.kind_weights:
+                odds = np.array([self.data.kind_weights.get(k, 1.0) for k in kinds])
+                kind = kinds[int(rng.choice(len(kinds), p=odds / odds.sum()))]
+            else:  # kept as it was: older runs' data streams stay bit-exact
+                kind = kinds[int(rng.integers(len(kinds)))]
             chosen.append(pools[kind].pop(int(rng.integers(len(pools[kind])))))
             if not pools[kind]:
                 del pools[kind]

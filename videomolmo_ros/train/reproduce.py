@@ -76,7 +76,10 @@ def train_arguments(config: dict[str, Any], stop_after: int | None = None) -> li
         args += ["--history-stride", repr(data["history_stride"])]
     if data.get("pool_size") is not None:
         args += ["--pool-size", repr(data["pool_size"])]
-    args += ["--kinds", ",".join(data["kinds"]), "--scene", _json(data.get("scene", {}))]
+    args += ["--kinds", ",".join(data["kinds"])]
+    if data.get("kind_weights"):
+        args += ["--kind-weights", _json(data["kind_weights"])]
+    args += ["--scene", _json(data.get("scene", {}))]
     for flag, key in (("--tokenizer", "tokenizer"), ("--threads", "threads"),
                       ("--init-from", "init_from"), ("--init-vision-from", "init_vision_from")):
         if config.get(key) is not None:
