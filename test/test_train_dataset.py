@@ -229,6 +229,7 @@ def test_kind_weights_tilt_the_draw_toward_a_kind_without_dropping_the_others(to
     ({"spatial": 0.0}, "numbers > 0"),
     ({"spatial": -1.0}, "numbers > 0"),
     ({"spatial": float("nan")}, "numbers > 0"),
+    ({"spatial": True}, "numbers > 0"),
 ])
 def test_bad_kind_weights_are_refused_with_a_reason(weights, reason):
     with pytest.raises(ValueError, match=reason):

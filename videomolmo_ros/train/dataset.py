@@ -68,7 +68,8 @@ class DataConfig:
     queries_per_frame: queries packed with one keyframe (fewer if the scene has fewer).
     history_frames: l, previous frames fed to the temporal module (0 = single frame).
     history_stride: s, their spacing: frames t-s, t-2s, ..., t-l*s (1 = the release's).
-    kinds: expression kinds to draw from; a kind is chosen uniformly, then an expression.
+    kinds: expression kinds to draw from; a kind is chosen (see ``kind_weights``), then an
+        expression of it uniformly.
     kind_weights: relative odds of a kind among those a scene has (unlisted kinds weigh 1;
         empty = uniform, the draw of runs recorded before this field). A curriculum lever:
         more of the kind a model is weakest at without dropping the others.
@@ -104,8 +105,8 @@ class DataConfig:
         if stray:
             raise ValueError(f"kind_weights name kinds not trained on: {sorted(stray)} "
                              f"(kinds: {self.kinds})")
-        if not all(isinstance(w, (int, float)) and w > 0  # rejects NaN too
-                   for w in self.kind_weights.values()):
+        if not all(isinstance(w, (int, float)) and not isinstance(w, bool) and w > 0
+                   for w in self.kind_weights.values()):  # NaN fails w > 0
             raise ValueError(f"kind_weights must be numbers > 0 (leave a kind out of kinds to "
                              f"drop it), got {self.kind_weights}")
 
