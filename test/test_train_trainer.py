@@ -129,6 +129,20 @@ def test_a_checkpoint_recorded_before_clip_by_resumes_only_as_all(tmp_path, toke
         Trainer(run_config(tmp_path / "run", tokenizer_dir, steps=4), resume=True)
 
 
+def test_a_checkpoint_recorded_before_kind_weights_resumes_only_without_them(tmp_path,
+                                                                           tokenizer_dir):
+    Trainer(run_config(tmp_path / "run", tokenizer_dir, steps=2, save_every=2)).train(
+        progress=False)
+    checkpoint = latest_checkpoint(tmp_path / "run")
+    state = torch.load(checkpoint / STATE_NAME, weights_only=True)
+    del state["config"]["data"]["kind_weights"]  # as written by the code before the field
+    torch.save(state, checkpoint / STATE_NAME)
+    assert Trainer(run_config(tmp_path / "run", tokenizer_dir, steps=4), resume=True).step == 2
+    tilted = tiny_data(kind_weights={"spatial": 2.0})
+    with pytest.raises(ValueError, match="data"):
+        Trainer(run_config(tmp_path / "run", tokenizer_dir, steps=4, data=tilted), resume=True)
+
+
 def test_one_step_lowers_the_loss_on_a_fixed_batch():
     tokenizer = small_tokenizer()
     torch.manual_seed(0)

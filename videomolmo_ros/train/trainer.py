@@ -679,6 +679,9 @@ class Trainer:
                  "referent_layer": -1, "clip_by": "all", "add_conv_stem": False,
                  "lr_stem": None, "readout_weights": {},
                  **state["config"]}  # older checkpoints lack these
+        # ... and data fields added since (history_stride, kind_weights): their defaults are
+        # what those runs did
+        saved["data"] = {**dataclasses.asdict(DataConfig()), **saved["data"]}
         mine = self.config.to_dict()
         changed = [k for k in ("data", "batch_frames", "grad_accum", "preset", "temporal",
                                "model_overrides", "seed", "init_from", "init_vision_from",
