@@ -18,6 +18,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from videomolmo_ros.model.shipped import shipped_model_dir  # noqa: E402
+from videomolmo_ros.train.average import is_average  # noqa: E402
 from videomolmo_ros.train.dataset import TRAIN_SEED_OFFSET  # noqa: E402
 from videomolmo_ros.train.evaluate import RandomPointer, evaluate_pointer  # noqa: E402
 from videomolmo_ros.train.reproduce import chain_commands  # noqa: E402
@@ -35,10 +36,19 @@ def test_shipped_model_is_small_documented_and_reproducible():
     card = files["README.md"].read_text()
     assert "python -m videomolmo_ros.train " in card and "F1" in card
     recipe = json.loads(files["training.json"].read_text())
-    assert recipe["step"] == recipe["config"]["steps"]  # a finished run, not a checkpoint
+    for run in final_runs(recipe):  # finished runs, not checkpoints
+        assert run["step"] == run["config"]["steps"], run["config"]["output_dir"]
     for command in chain_commands(recipe):  # the card quotes every stage's exact command
         assert command in card, command
     assert max(HELD_OUT_SEEDS) < TRAIN_SEED_OFFSET
+
+
+def final_runs(recipe: dict) -> list[dict]:
+    """The runs whose models went into the shipped one: the run itself, or the sources of
+    an average (``train.average``)."""
+    if is_average(recipe):
+        return [run for source in recipe["sources"] for run in final_runs(source)]
+    return [recipe]
 
 
 @pytest.fixture(scope="module")

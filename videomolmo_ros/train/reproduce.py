@@ -6,8 +6,10 @@ started from the previous one, some stopped before the end of their schedule); t
 by hand from five JSON configs is how a model card's "exact command" goes wrong. Here each
 recorded config becomes the command line whose parsed config is that config (tested as a round
 trip), and each ``--init-from`` names where the previous command leaves its model (its run
-directory, or its checkpoint when it stopped early). Runs are seeded: the commands re-run the
-same steps, with the code of the commit that trained the model (see the model card).
+directory, or its checkpoint when it stopped early). An averaged model (``train.average``)
+branches the chain: the commands of each source, then the averaging. Runs are seeded: the
+commands re-run the same steps, with the code of the commit that trained the model (see the
+model card).
 """
 from __future__ import annotations
 
@@ -17,11 +19,13 @@ import shlex
 from pathlib import Path
 from typing import Any, Sequence
 
+from videomolmo_ros.train.average import AVERAGE, is_average
 from videomolmo_ros.train.dataset import DataConfig
 from videomolmo_ros.train.trainer import CHECKPOINTS, TrainConfig
 
 TRAIN = "python -m videomolmo_ros.train"
 VISION_PRETRAIN = "python -m videomolmo_ros.train.vision_pretrain"
+AVERAGE_COMMAND = "python -m videomolmo_ros.train.average"
 
 
 class RecipeError(ValueError):
@@ -120,20 +124,38 @@ def vision_pretrain_arguments(config: dict[str, Any]) -> list[str]:
     return args
 
 
+def _stages(recipe: dict[str, Any]) -> list[dict[str, Any]]:
+    """A recipe's stages, oldest first, its own last (an averaged model is one stage)."""
+    if is_average(recipe):
+        return [recipe]
+    return list(recipe.get("stages", [])) + [
+        {"stage": "train", "config": recipe["config"], "step": recipe.get("step")}]
+
+
 def chain_commands(recipe: dict[str, Any]) -> list[str]:
     """One shell command per stage, oldest first, for a recipe written by ``train.ship``
-    (``stages`` then the final run's own ``config`` and ``step``)."""
-    stages = list(recipe.get("stages", [])) + [
-        {"stage": "train", "config": recipe["config"], "step": recipe.get("step")}]
+    (``stages`` then the final run's own ``config`` and ``step``) or by ``train.average``
+    (the chains of its sources, then the averaging; stages the sources share appear once)."""
     commands: list[str] = []
+    _append_chain(_stages(recipe), commands)
+    return commands
+
+
+def _append_chain(stages: list[dict[str, Any]], commands: list[str]) -> str | None:
+    """Append the commands of ``stages`` not in ``commands`` yet; return where the last
+    stage leaves its model."""
     previous_model: str | None = None  # where the last train command leaves its model
     previous_vision: str | None = None
     for stage in stages:
+        if stage["stage"] == AVERAGE:
+            sources = [_append_chain(_stages(source), commands) for source in stage["sources"]]
+            _append_once(commands, [AVERAGE_COMMAND, "--out", stage["output_dir"], *sources])
+            previous_model = stage["output_dir"]
+            continue
         config = dict(stage["config"])
         if stage["stage"] == "vision_pretrain":
             previous_vision = config["output_dir"]
-            commands.append(" ".join([VISION_PRETRAIN] + [shlex.quote(a) for a in
-                                                          vision_pretrain_arguments(config)]))
+            _append_once(commands, [VISION_PRETRAIN, *vision_pretrain_arguments(config)])
             continue
         if config.get("init_from"):
             if previous_model is None:
@@ -147,11 +169,19 @@ def chain_commands(recipe: dict[str, Any]) -> list[str]:
             config["init_vision_from"] = previous_vision
         step, steps = stage.get("step"), config["steps"]
         stop_after = step if step is not None and step < steps else None
-        commands.append(" ".join([TRAIN] + [shlex.quote(a) for a in
-                                            train_arguments(config, stop_after)]))
+        _append_once(commands, [TRAIN, *train_arguments(config, stop_after)])
         previous_model = (config["output_dir"] if stop_after is None else
                           str(Path(config["output_dir"]) / CHECKPOINTS / f"step-{step:06d}"))
-    return commands
+    return previous_model
+
+
+def _append_once(commands: list[str], program_and_arguments: list[str]) -> None:
+    """Append the command (the program unquoted, its arguments quoted) unless it is there:
+    the sources of an average share the stages before they part."""
+    program, *arguments = program_and_arguments
+    command = " ".join([program] + [shlex.quote(a) for a in arguments])
+    if command not in commands:
+        commands.append(command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

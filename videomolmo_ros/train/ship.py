@@ -5,7 +5,8 @@ Writes the model of RUN_DIR (the output of ``python -m videomolmo_ros.train``) i
 the size; the loader casts them back to float32), the tokenizer and the recipe
 (``training.json``) with the recipes of every stage it started from (``stages``: the stage-0
 vision pre-training, earlier curriculum stages), the paths of this machine replaced by
-``out/NAME``. The model card (``README.md`` there) is written by hand and kept.
+``out/NAME``. RUN_DIR may also be an average written by ``train.average`` (its recipe holds
+the chains of its sources). The model card (``README.md`` there) is written by hand and kept.
 Evaluate the shipped copy, not the run's, since the fp16 rounding is part of what ships.
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 
 from videomolmo_ros.model import loading
 from videomolmo_ros.model.shipped import shipped_model_dir
+from videomolmo_ros.train.average import is_average
 from videomolmo_ros.train.trainer import CHECKPOINTS, RECIPE_NAME
 from videomolmo_ros.train.vision_pretrain import RECIPE_NAME as VISION_RECIPE_NAME
 
@@ -45,8 +47,10 @@ def portable(config: dict[str, Any]) -> dict[str, Any]:
 def ancestry(config: dict[str, Any]) -> list[dict[str, Any]]:
     """The recipes (portable) of the runs a run with ``config`` starts from, oldest first, as
     far as their directories exist; a parent whose recipe carries ``stages`` (a shipped model,
-    or a run that recorded its own) ends the walk with those. ``Trainer`` records this when
-    a run starts, since a parent folder, the shipped model's above all, may change later."""
+    or a run that recorded its own) ends the walk with those, and an averaged parent
+    (``train.average``) with its own recipe, which holds its sources' chains. ``Trainer``
+    records this when a run starts, since a parent folder, the shipped model's above all, may
+    change later."""
     stages: list[dict[str, Any]] = []
     while True:
         vision = config.get("init_vision_from")
@@ -59,6 +63,9 @@ def ancestry(config: dict[str, Any]) -> list[dict[str, Any]]:
         if not parent or not (Path(parent) / RECIPE_NAME).is_file():
             break
         earlier = json.loads((Path(parent) / RECIPE_NAME).read_text())
+        if is_average(earlier):  # an averaged model records the chains of its sources
+            stages.insert(0, earlier)
+            break
         stages.insert(0, {"stage": "train", "config": portable(earlier["config"]),
                           "step": earlier.get("step"), "final_loss": earlier.get("final_loss")})
         if "stages" in earlier:  # its own chain is recorded with it
@@ -73,6 +80,8 @@ def recipe_chain(run_dir: Path) -> dict[str, Any]:
     started from, oldest first; as the run recorded them when it started, else as found now
     (``ancestry``). A run started from a shipped model inherits that model's whole chain."""
     recipe = json.loads((run_dir / RECIPE_NAME).read_text())
+    if is_average(recipe):  # written portable by train.average, its sources' chains inside
+        return recipe
     stages = recipe["stages"] if "stages" in recipe else ancestry(recipe["config"])
     return {**recipe, "config": portable(recipe["config"]), "stages": stages}
 
