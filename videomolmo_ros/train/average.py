@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 
@@ -37,22 +37,30 @@ def is_average(recipe: dict[str, Any]) -> bool:
     return recipe.get("stage") == AVERAGE
 
 
-def average_state_dicts(states: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+def average_state_dicts(states: Iterable[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """The element-wise mean of state dicts with the same keys and shapes (summed in float64,
-    returned in the first one's dtypes)."""
-    if len(states) < 2:
-        raise AverageError(f"averaging needs at least two models, got {len(states)}")
-    keys = set(states[0])
-    for i, state in enumerate(states[1:], start=1):
-        if set(state) != keys:
-            raise AverageError(f"model {i} has other tensors than model 0: "
-                               f"{sorted(keys ^ set(state))[:5]}")
-        for name in keys:
-            if state[name].shape != states[0][name].shape:
-                raise AverageError(f"{name}: shape {tuple(state[name].shape)} in model {i}, "
-                                   f"{tuple(states[0][name].shape)} in model 0")
-    return {name: (sum(state[name].double() for state in states) / len(states))
-            .to(states[0][name].dtype) for name in states[0]}
+    returned in the first one's dtypes). ``states`` is consumed one at a time, so a generator
+    that loads each model when asked holds one model besides the sum, not all of them."""
+    total: dict[str, torch.Tensor] = {}
+    dtypes: dict[str, torch.dtype] = {}
+    count = 0
+    for state in states:
+        if not total:
+            total = {name: t.detach().double().clone() for name, t in state.items()}
+            dtypes = {name: t.dtype for name, t in state.items()}
+        else:
+            if set(state) != set(total):
+                raise AverageError(f"model {count} has other tensors than model 0: "
+                                   f"{sorted(set(total) ^ set(state))[:5]}")
+            for name, tensor in state.items():
+                if tensor.shape != total[name].shape:
+                    raise AverageError(f"{name}: shape {tuple(tensor.shape)} in model {count}, "
+                                       f"{tuple(total[name].shape)} in model 0")
+                total[name] += tensor.detach().double()
+        count += 1
+    if count < 2:
+        raise AverageError(f"averaging needs at least two models, got {count}")
+    return {name: (t / count).to(dtypes[name]) for name, t in total.items()}
 
 
 def average(sources: Sequence[str | Path], out: str | Path) -> Path:
@@ -62,7 +70,7 @@ def average(sources: Sequence[str | Path], out: str | Path) -> Path:
     from videomolmo_ros.train.ship import portable_path, recipe_chain
 
     sources = [Path(s) for s in sources]
-    if len(sources) < 2:
+    if len(sources) < 2:  # before any model is read
         raise AverageError(f"averaging needs at least two models, got {len(sources)}")
     for source in sources:
         if not (source / RECIPE_NAME).is_file():
@@ -71,20 +79,24 @@ def average(sources: Sequence[str | Path], out: str | Path) -> Path:
     out = Path(out)
     if out.resolve() in {s.resolve() for s in sources}:
         raise AverageError(f"{out} is one of the sources; write the average elsewhere")
-    models = [loading.load_videomolmo(str(s)) for s in sources]
-    for source, model in zip(sources[1:], models[1:]):
-        if model.config != models[0].config:
-            raise AverageError(f"{source} has another model config than {sources[0]}")
-    tokenizers = [loading.load_tokenizer(str(s)) for s in sources]
-    for source, tokenizer in zip(sources[1:], tokenizers[1:]):
-        if tokenizer.get_vocab() != tokenizers[0].get_vocab():
-            raise AverageError(f"{source} has another tokenizer than {sources[0]}")
     recipe = {"stage": AVERAGE, "output_dir": portable_path(str(out)),
               "sources": [recipe_chain(s) for s in sources]}
-    mean = average_state_dicts([m.state_dict() for m in models])
-    models[0].load_state_dict(mean, strict=True)
-    loading.save_release_layout(models[0], out)
-    tokenizers[0].save_pretrained(str(out))
+    first = loading.load_videomolmo(str(sources[0]))
+    tokenizer = loading.load_tokenizer(str(sources[0]))
+
+    def states() -> Iterator[dict[str, torch.Tensor]]:
+        yield first.state_dict()
+        for source in sources[1:]:
+            model = loading.load_videomolmo(str(source))
+            if model.config != first.config:
+                raise AverageError(f"{source} has another model config than {sources[0]}")
+            if loading.load_tokenizer(str(source)).get_vocab() != tokenizer.get_vocab():
+                raise AverageError(f"{source} has another tokenizer than {sources[0]}")
+            yield model.state_dict()
+
+    first.load_state_dict(average_state_dicts(states()), strict=True)
+    loading.save_release_layout(first, out)
+    tokenizer.save_pretrained(str(out))
     (out / RECIPE_NAME).write_text(json.dumps(recipe, indent=2) + "\n")
     return out
 
