@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
 
 import pytest
 
@@ -108,4 +109,18 @@ def test_the_command_line_averages_and_refuses_what_it_cannot(branches, tmp_path
             soup.main(["--out", str(out)] + [str(s) for s in sources])
         assert exit_info.value.code == 2
         assert reason in capsys.readouterr().err
+    assert not (tmp_path / "refused").exists()
+
+
+def test_a_model_with_another_tokenizer_is_refused(branches, tmp_path):
+    from videomolmo_ros.train.tokenizer import build_tokenizer, training_corpus
+
+    root, _ = branches
+    other = tmp_path / "b_other_tokenizer"
+    shutil.copytree(root / "b", other)
+    tokenizer = build_tokenizer(training_corpus(num_scenes=1))  # same size, other merges
+    assert tokenizer.get_vocab() != small_tokenizer().get_vocab()
+    tokenizer.save_pretrained(str(other))
+    with pytest.raises(soup.AverageError, match="another tokenizer"):
+        soup.average([root / "a", other], tmp_path / "refused")
     assert not (tmp_path / "refused").exists()
