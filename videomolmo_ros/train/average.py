@@ -45,7 +45,7 @@ def average_state_dicts(states: Iterable[dict[str, torch.Tensor]]) -> dict[str, 
     dtypes: dict[str, torch.dtype] = {}
     count = 0
     for state in states:
-        if not total:
+        if count == 0:
             total = {name: t.detach().double().clone() for name, t in state.items()}
             dtypes = {name: t.dtype for name, t in state.items()}
         else:
@@ -83,6 +83,7 @@ def average(sources: Sequence[str | Path], out: str | Path) -> Path:
               "sources": [recipe_chain(s) for s in sources]}
     first = loading.load_videomolmo(str(sources[0]))
     tokenizer = loading.load_tokenizer(str(sources[0]))
+    vocab = tokenizer.get_vocab()
 
     def states() -> Iterator[dict[str, torch.Tensor]]:
         yield first.state_dict()
@@ -90,7 +91,7 @@ def average(sources: Sequence[str | Path], out: str | Path) -> Path:
             model = loading.load_videomolmo(str(source))
             if model.config != first.config:
                 raise AverageError(f"{source} has another model config than {sources[0]}")
-            if loading.load_tokenizer(str(source)).get_vocab() != tokenizer.get_vocab():
+            if loading.load_tokenizer(str(source)).get_vocab() != vocab:
                 raise AverageError(f"{source} has another tokenizer than {sources[0]}")
             yield model.state_dict()
 
