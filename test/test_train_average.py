@@ -124,3 +124,17 @@ def test_a_model_with_another_tokenizer_is_refused(branches, tmp_path):
     with pytest.raises(soup.AverageError, match="another tokenizer"):
         soup.average([root / "a", other], tmp_path / "refused")
     assert not (tmp_path / "refused").exists()
+
+
+@pytest.mark.parametrize("text", ["{", "[]", "{}", '{"config": 3}'])
+def test_a_source_with_an_unreadable_recipe_is_refused_with_its_name(branches, tmp_path, text,
+                                                                       capsys):
+    root, _ = branches
+    broken = tmp_path / "b_broken_recipe"
+    shutil.copytree(root / "b", broken)
+    (broken / "training.json").write_text(text)
+    with pytest.raises(SystemExit) as exit_info:
+        soup.main(["--out", str(tmp_path / "refused"), str(root / "a"), str(broken)])
+    assert exit_info.value.code == 2
+    assert "b_broken_recipe/training.json is not a readable recipe" in capsys.readouterr().err
+    assert not (tmp_path / "refused").exists()

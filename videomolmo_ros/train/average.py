@@ -79,8 +79,14 @@ def average(sources: Sequence[str | Path], out: str | Path) -> Path:
     out = Path(out)
     if out.resolve() in {s.resolve() for s in sources}:
         raise AverageError(f"{out} is one of the sources; write the average elsewhere")
-    recipe = {"stage": AVERAGE, "output_dir": portable_path(str(out)),
-              "sources": [recipe_chain(s) for s in sources]}
+    chains = []
+    for source in sources:
+        try:
+            chains.append(recipe_chain(source))
+        except (ValueError, KeyError, TypeError, AttributeError) as error:  # JSON or fields
+            raise AverageError(f"{source / RECIPE_NAME} is not a readable recipe "
+                               f"({type(error).__name__}: {error})") from error
+    recipe = {"stage": AVERAGE, "output_dir": portable_path(str(out)), "sources": chains}
     first = loading.load_videomolmo(str(sources[0]))
     tokenizer = loading.load_tokenizer(str(sources[0]))
     vocab = tokenizer.get_vocab()
