@@ -72,7 +72,9 @@ def test_train_command_parses_back_to_its_config(config):
                                    model_overrides={"hidden_size": 64}, steps=5,
                                    frames_per_step=3, frames_per_scene=2, lr=3e-4,
                                    warmup_steps=1, seed=4, threads=2, object_attributes=True,
-                                   attribute_weights={"shape": 5.0})])
+                                   attribute_weights={"shape": 5.0},
+                                   curriculum_scene={"num_objects": [1, 1]},
+                                   curriculum_steps=2)])
 def test_vision_pretrain_command_parses_back_to_its_config(config):
     saved = as_saved(config)
     command = " ".join([reproduce.VISION_PRETRAIN] + [shlex.quote(a) for a in

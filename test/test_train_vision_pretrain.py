@@ -214,3 +214,37 @@ def test_command_line_refuses_bad_attribute_weights(tmp_path, capsys, weights):
     assert exit_info.value.code == 2
     assert "--attribute-weights" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_the_curriculum_scenes_feed_the_first_steps_and_only_those(tmp_path, monkeypatch):
+    from videomolmo_ros.train import vision_pretrain
+
+    seen: list[tuple[dict, int, int]] = []  # (scene overrides, first frame, frames)
+    original = vision_pretrain.FrameStream.frames
+
+    def recording(self, first, count):
+        seen.append((dict(self.scene), first, count))
+        return original(self, first, count)
+
+    monkeypatch.setattr(vision_pretrain.FrameStream, "frames", recording)
+    single = {**TINY_SCENE, "num_objects": [1, 1]}
+    pretrain(PretrainConfig(output_dir=str(tmp_path / "cur"), preset="tiny",
+                            scene=dict(TINY_SCENE), steps=5, frames_per_step=2,
+                            frames_per_scene=2, held_out_scenes=1, curriculum_scene=single,
+                            curriculum_steps=3), progress=False)
+    held_out, training = seen[0], [s for s in seen[1:] if s[2] == 2]
+    assert held_out[0] == TINY_SCENE
+    assert [s[0] for s in training] == [single] * 3 + [TINY_SCENE] * 2
+    assert [s[1] for s in training] == [0, 2, 4, 6, 8]  # one stream of steps, not restarted
+
+
+def test_curriculum_flags_are_checked(capsys):
+    for args, message in ((["--curriculum-scene", "{"], "is not JSON"),
+                          (["--curriculum-scene", '{"objects": 1}'], "JSON object of some of"),
+                          (["--curriculum-scene", "[1]"], "JSON object of some of"),
+                          (["--steps", "4", "--curriculum-steps", "5"], "between 0 and --steps"),
+                          (["--curriculum-steps", "-1"], "between 0 and --steps")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--out", "unused", *args])
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err

@@ -121,6 +121,9 @@ def vision_pretrain_arguments(config: dict[str, Any]) -> list[str]:
         args.append("--object-attributes")
     if config.get("attribute_weights"):
         args += ["--attribute-weights", _json(config["attribute_weights"])]
+    if config.get("curriculum_steps"):
+        args += ["--curriculum-scene", _json(config.get("curriculum_scene", {})),
+                 "--curriculum-steps", str(config["curriculum_steps"])]
     return args
 
 

@@ -247,6 +247,12 @@ class PretrainConfig:
     object_attributes: bool = False  # see DenseHeads
     # Per-attribute loss weights (see DenseHeads), e.g. {"shape": 5.0}; others weigh 1.
     attribute_weights: dict[str, float] = field(default_factory=dict)
+    # A curriculum: the first ``curriculum_steps`` steps draw their frames from scenes made
+    # with these overrides instead of ``scene`` (e.g. {"num_objects": [1, 1]}: one object per
+    # frame, where a conv patch embedding learns shape as fast as a CNN); held-out scores
+    # always use ``scene``.
+    curriculum_scene: dict[str, Any] = field(default_factory=dict)
+    curriculum_steps: int = 0
 
 
 class FrameStream:
@@ -361,6 +367,9 @@ def pretrain(config: PretrainConfig, progress: bool = True) -> dict[str, float]:
     schedule = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.steps)
     train = FrameStream(config.scene, config.frames_per_scene, 2_000_000 + config.seed * 10 ** 7,
                         model_config)
+    # Its own seed range, so that the main stream's scenes are the same with or without it.
+    first = FrameStream(config.curriculum_scene, config.frames_per_scene,
+                        3_000_000 + config.seed * 10 ** 7, model_config)
     held = FrameStream(config.scene, 4, HELD_OUT_SEED_OFFSET, model_config)
     held_crops, held_targets = held.frames(0, 4 * config.held_out_scenes)
 
@@ -374,7 +383,8 @@ def pretrain(config: PretrainConfig, progress: bool = True) -> dict[str, float]:
     bar = tqdm(range(config.steps), disable=not progress, unit="step", dynamic_ncols=True)
     started = time.perf_counter()
     for step in bar:
-        crops, targets = train.frames(step * config.frames_per_step, config.frames_per_step)
+        stream = first if step < config.curriculum_steps else train
+        crops, targets = stream.frames(step * config.frames_per_step, config.frames_per_step)
         loss, terms = model.losses(crops, targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -434,6 +444,10 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[PretrainConfig, argpa
                    help="also score the attribute read-outs on object units alone")
     p.add_argument("--attribute-weights", default="{}",
                    help='JSON object of per-attribute loss weights, e.g. {"shape": 5}')
+    p.add_argument("--curriculum-scene", default="{}",
+                   help="JSON SceneConfig overrides of the first --curriculum-steps steps' "
+                        'scenes, e.g. {"num_objects": [1, 1]}')
+    p.add_argument("--curriculum-steps", type=int, default=defaults.curriculum_steps)
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     try:
@@ -451,8 +465,27 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[PretrainConfig, argpa
                             frames_per_scene=a.frames_per_scene, lr=a.lr,
                             warmup_steps=a.warmup_steps, seed=a.seed, threads=a.threads,
                             object_attributes=a.object_attributes,
-                            attribute_weights={k: float(v) for k, v in weights.items()})
+                            attribute_weights={k: float(v) for k, v in weights.items()},
+                            curriculum_scene=_scene_overrides(p, "--curriculum-scene",
+                                                              a.curriculum_scene),
+                            curriculum_steps=a.curriculum_steps)
+    if not 0 <= config.curriculum_steps <= config.steps:
+        p.error(f"--curriculum-steps must be between 0 and --steps ({config.steps}), "
+                f"not {config.curriculum_steps}")
     return config, a
+
+
+def _scene_overrides(parser: argparse.ArgumentParser, flag: str, text: str) -> dict[str, Any]:
+    """A JSON object of ``SceneConfig`` fields, or a parser error that names what is wrong."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        parser.error(f"{flag} is not JSON: {error}")
+    fields = {f.name for f in dataclasses.fields(SceneConfig)} - {"seed"}
+    if not isinstance(value, dict) or set(value) - fields:
+        parser.error(f"{flag} must be a JSON object of some of {', '.join(sorted(fields))}, "
+                     f"not {text}")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
