@@ -238,8 +238,12 @@ def test_the_curriculum_scenes_feed_the_first_steps_and_only_those(tmp_path, mon
     assert [s[1] for s in training] == [0, 2, 4, 6, 8]  # one stream of steps, not restarted
 
 
-def test_curriculum_flags_are_checked(capsys):
+def test_scene_and_curriculum_flags_are_checked(capsys):
     for args, message in ((["--curriculum-scene", "{"], "is not JSON"),
+                          (["--scene", '{"num_objects": [1, 2'], "--scene is not JSON"),
+                          (["--scene", '{"colour": "red"}'], "--scene must be a JSON object"),
+                          (["--model-overrides", "{x"], "--model-overrides is not JSON"),
+                          (["--model-overrides", "[]"], "must be a JSON object"),
                           (["--curriculum-scene", '{"objects": 1}'], "JSON object of some of"),
                           (["--curriculum-scene", "[1]"], "JSON object of some of"),
                           (["--steps", "4", "--curriculum-steps", "5"], "between 0 and --steps"),

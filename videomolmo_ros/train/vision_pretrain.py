@@ -249,8 +249,8 @@ class PretrainConfig:
     attribute_weights: dict[str, float] = field(default_factory=dict)
     # A curriculum: the first ``curriculum_steps`` steps draw their frames from scenes made
     # with these overrides instead of ``scene`` (e.g. {"num_objects": [1, 1]}: one object per
-    # frame, where a conv patch embedding learns shape as fast as a CNN); held-out scores
-    # always use ``scene``.
+    # frame, where benchmarks/shape_learning.py's conv embedding learns shape); held-out
+    # scores always use ``scene``.
     curriculum_scene: dict[str, Any] = field(default_factory=dict)
     curriculum_steps: int = 0
 
@@ -458,9 +458,15 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[PretrainConfig, argpa
             isinstance(v, (int, float)) and v >= 0 for v in weights.values()):
         p.error(f"--attribute-weights must map some of {', '.join(ATTRIBUTES)} to weights >= 0, "
                 f"not {a.attribute_weights}")
+    try:
+        model_overrides = json.loads(a.model_overrides)
+    except json.JSONDecodeError as error:
+        p.error(f"--model-overrides is not JSON: {error}")
+    if not isinstance(model_overrides, dict):
+        p.error(f"--model-overrides must be a JSON object, not {a.model_overrides}")
     config = PretrainConfig(output_dir=a.out, preset=a.preset,
-                            model_overrides=json.loads(a.model_overrides),
-                            scene=json.loads(a.scene), steps=a.steps,
+                            model_overrides=model_overrides,
+                            scene=_scene_overrides(p, "--scene", a.scene), steps=a.steps,
                             frames_per_step=a.frames_per_step,
                             frames_per_scene=a.frames_per_scene, lr=a.lr,
                             warmup_steps=a.warmup_steps, seed=a.seed, threads=a.threads,
