@@ -206,6 +206,24 @@ def test_attribute_weights_scale_that_attributes_terms_alone():
         DenseHeads(8, attribute_weights={"shapes": 2.0})
 
 
+def test_geometry_weight_scales_the_point_and_position_terms_alone():
+    from videomolmo_ros.train.vision_pretrain import DenseHeads
+
+    features, targets = four_units([True, True, False, False], [1, 2, 0, 0])
+    plain = DenseHeads(8, object_attributes=True)
+    for weight in (0.0, 3.0):
+        scaled = DenseHeads(8, object_attributes=True, geometry_weight=weight)
+        scaled.load_state_dict(plain.state_dict())
+        _, plain_terms = plain.losses(features, targets)
+        _, terms = scaled.losses(features, targets)
+        assert plain_terms["point"] > 0 and plain_terms["position"] > 0
+        for key, value in plain_terms.items():
+            factor = weight if key in ("point", "position") else 1.0
+            assert terms[key] == pytest.approx(factor * value, rel=1e-5)
+    with pytest.raises(ValueError, match="geometry_weight"):
+        DenseHeads(8, geometry_weight=-1.0)
+
+
 @pytest.mark.parametrize("weights", ['{"shap": 5}', '{"shape": -1}', "shape=5", '[5]'])
 def test_command_line_refuses_bad_attribute_weights(tmp_path, capsys, weights):
     with pytest.raises(SystemExit) as exit_info:
@@ -247,7 +265,8 @@ def test_scene_and_curriculum_flags_are_checked(capsys):
                           (["--curriculum-scene", '{"objects": 1}'], "JSON object of some of"),
                           (["--curriculum-scene", "[1]"], "JSON object of some of"),
                           (["--steps", "4", "--curriculum-steps", "5"], "between 0 and --steps"),
-                          (["--curriculum-steps", "-1"], "between 0 and --steps")):
+                          (["--curriculum-steps", "-1"], "between 0 and --steps"),
+                          (["--geometry-weight", "-0.5"], "--geometry-weight must be >= 0")):
         with pytest.raises(SystemExit) as exit_info:
             main(["--out", "unused", *args])
         assert exit_info.value.code == 2

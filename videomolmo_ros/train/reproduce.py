@@ -124,6 +124,8 @@ def vision_pretrain_arguments(config: dict[str, Any]) -> list[str]:
     if config.get("curriculum_steps"):
         args += ["--curriculum-scene", _json(config.get("curriculum_scene", {})),
                  "--curriculum-steps", str(config["curriculum_steps"])]
+    if config.get("geometry_weight", 1.0) != 1.0:
+        args += ["--geometry-weight", repr(config["geometry_weight"])]
     return args
 
 

@@ -166,7 +166,8 @@ class DenseHeads(nn.Module):
     unit's position (2). Thrown away after pre-training."""
 
     def __init__(self, feature_dim: int, object_attributes: bool = False,
-                 attribute_weights: dict[str, float] | None = None, motion: float = 0.0) -> None:
+                 attribute_weights: dict[str, float] | None = None, motion: float = 0.0,
+                 geometry_weight: float = 1.0) -> None:
         super().__init__()
         # Most units are background, which the averaged attribute losses then mostly score;
         # object_attributes adds each attribute's loss over the object units alone.
@@ -188,6 +189,11 @@ class DenseHeads(nn.Module):
             self.attribute_weights["motion"] = float(motion)
         self.point = nn.Linear(feature_dim, 2)
         self.position = nn.Linear(feature_dim, 2)
+        # Multiplies the point and position terms (0: attributes alone, to see whether these
+        # regressions, on every unit, crowd a harder attribute such as shape out).
+        if geometry_weight < 0:
+            raise ValueError(f"geometry_weight must be >= 0, got {geometry_weight}")
+        self.geometry_weight = float(geometry_weight)
 
     def losses(self, features: torch.Tensor, targets: DenseTargets
                ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -204,11 +210,11 @@ class DenseHeads(nn.Module):
         owned = targets.owned
         # Points and positions as fractions of the frame, errors scaled to ~tenths of it; the
         # point twice as finely: the pointing answer needs it to a few percent.
-        terms["point"] = (F.smooth_l1_loss(self.point(features)[owned] * 20,
-                                           targets.point[owned] * 20)
-                          if owned.any() else features.sum() * 0.0)
-        terms["position"] = F.smooth_l1_loss(self.position(features) * 10,
-                                             targets.position * 10)
+        terms["point"] = self.geometry_weight * (
+            F.smooth_l1_loss(self.point(features)[owned] * 20, targets.point[owned] * 20)
+            if owned.any() else features.sum() * 0.0)
+        terms["position"] = self.geometry_weight * F.smooth_l1_loss(
+            self.position(features) * 10, targets.position * 10)
         return sum(terms.values()), {k: float(v.detach()) for k, v in terms.items()}
 
     @torch.no_grad()
@@ -253,6 +259,7 @@ class PretrainConfig:
     # scores always use ``scene``.
     curriculum_scene: dict[str, Any] = field(default_factory=dict)
     curriculum_steps: int = 0
+    geometry_weight: float = 1.0  # see DenseHeads
 
 
 class FrameStream:
@@ -301,7 +308,8 @@ class VisionPretrainer(nn.Module):
 
     def __init__(self, model_config: VideoMolmoConfig, seed: int = 0,
                  object_attributes: bool = False,
-                 attribute_weights: dict[str, float] | None = None) -> None:
+                 attribute_weights: dict[str, float] | None = None,
+                 geometry_weight: float = 1.0) -> None:
         super().__init__()
         from videomolmo_ros.model.videomolmo import VideoMolmoModel
         from videomolmo_ros.train.trainer import init_connector, init_positions
@@ -313,9 +321,9 @@ class VisionPretrainer(nn.Module):
         self.backbone = model.vision_backbone
         self.backbone.adapter = None  # trained in the pointing stage, from history frames
         self.patch_heads = DenseHeads(model_config.image_feature_dim, object_attributes,
-                                      attribute_weights)
+                                      attribute_weights, geometry_weight=geometry_weight)
         self.token_heads = DenseHeads(model_config.hidden_size, object_attributes,
-                                      attribute_weights)
+                                      attribute_weights, geometry_weight=geometry_weight)
 
     def forward(self, crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """crops (B, T, P, D) -> patch features (B, T, P, C), image embeddings (B, T, K, d)."""
@@ -360,7 +368,7 @@ def pretrain(config: PretrainConfig, progress: bool = True) -> dict[str, float]:
     out.mkdir(parents=True, exist_ok=True)
     model_config = preset(config.preset, DEFAULT_BASE_VOCAB, **config.model_overrides)
     model = VisionPretrainer(model_config, config.seed, config.object_attributes,
-                             config.attribute_weights).train()
+                             config.attribute_weights, config.geometry_weight).train()
     params = list(model.parameters())
     optimizer = torch.optim.AdamW(params, lr=config.lr, betas=(0.9, 0.95), eps=1e-6,
                                   weight_decay=config.weight_decay)
@@ -448,6 +456,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[PretrainConfig, argpa
                    help="JSON SceneConfig overrides of the first --curriculum-steps steps' "
                         'scenes, e.g. {"num_objects": [1, 1]}')
     p.add_argument("--curriculum-steps", type=int, default=defaults.curriculum_steps)
+    p.add_argument("--geometry-weight", type=float, default=defaults.geometry_weight,
+                   help="weight of the point and position read-out losses (0: off)")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     try:
@@ -474,7 +484,10 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[PretrainConfig, argpa
                             attribute_weights={k: float(v) for k, v in weights.items()},
                             curriculum_scene=_scene_overrides(p, "--curriculum-scene",
                                                               a.curriculum_scene),
-                            curriculum_steps=a.curriculum_steps)
+                            curriculum_steps=a.curriculum_steps,
+                            geometry_weight=a.geometry_weight)
+    if config.geometry_weight < 0:
+        p.error(f"--geometry-weight must be >= 0, not {config.geometry_weight}")
     if not 0 <= config.curriculum_steps <= config.steps:
         p.error(f"--curriculum-steps must be between 0 and --steps ({config.steps}), "
                 f"not {config.curriculum_steps}")
