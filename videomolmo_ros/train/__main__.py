@@ -9,10 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Sequence
+from typing import Sequence
 
 from videomolmo_ros.data.synthetic import KINDS
 from videomolmo_ros.train.dataset import DataConfig
+from videomolmo_ros.train.flags import json_object
 from videomolmo_ros.train.presets import PRESETS
 from videomolmo_ros.train.trainer import CLIP_BY, TrainConfig, Trainer
 
@@ -109,7 +110,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, argparse
     if a.stop_after is not None and not 0 < a.stop_after <= a.steps:
         p.error(f"--stop-after must be in 1..--steps ({a.steps}), not {a.stop_after}")
     try:
-        kind_weights = _json_object(a.kind_weights, "--kind-weights")
+        kind_weights = json_object(a.kind_weights, "--kind-weights")
         data = DataConfig(
             seed=a.data_seed, scene=json.loads(a.scene), pool_size=a.pool_size,
             frames_per_scene=a.frames_per_scene, interleave=a.interleave,
@@ -137,18 +138,7 @@ def train_config(a: argparse.Namespace, data: DataConfig) -> TrainConfig:
         keep_readouts=a.keep_readouts, motion_readout=a.motion_readout,
         referent_map=a.referent_map,
         referent_layer=a.referent_layer, clip_by=a.clip_by, add_conv_stem=a.add_conv_stem,
-        lr_stem=a.lr_stem, readout_weights=_json_object(a.readout_weights, "--readout-weights"))
-
-
-def _json_object(text: str, flag: str) -> dict[str, Any]:
-    """A flag's JSON object (ValueError with the flag's name otherwise)."""
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{flag} is not JSON: {error}") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"{flag} must be a JSON object, not {text!r}")
-    return value
+        lr_stem=a.lr_stem, readout_weights=json_object(a.readout_weights, "--readout-weights"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -38,6 +38,7 @@ from torch import nn
 from videomolmo_ros.data.synthetic import COLORS, MOTIONS, SHAPES, SIZES, TEXTURES, Scene, \
     SceneConfig, make_scene
 from videomolmo_ros.model.config import VideoMolmoConfig
+from videomolmo_ros.train.flags import json_object
 from videomolmo_ros.model.preprocessing import (CropLayout, crop_frame, make_crop_layout,
                                                 patchify, resize_and_pad)
 from videomolmo_ros.train.presets import preset
@@ -469,11 +470,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[PretrainConfig, argpa
         p.error(f"--attribute-weights must map some of {', '.join(ATTRIBUTES)} to weights >= 0, "
                 f"not {a.attribute_weights}")
     try:
-        model_overrides = json.loads(a.model_overrides)
-    except json.JSONDecodeError as error:
-        p.error(f"--model-overrides is not JSON: {error}")
-    if not isinstance(model_overrides, dict):
-        p.error(f"--model-overrides must be a JSON object, not {a.model_overrides}")
+        model_overrides = json_object(a.model_overrides, "--model-overrides")
+    except ValueError as error:
+        p.error(str(error))
     config = PretrainConfig(output_dir=a.out, preset=a.preset,
                             model_overrides=model_overrides,
                             scene=_scene_overrides(p, "--scene", a.scene), steps=a.steps,
