@@ -74,7 +74,8 @@ def test_train_command_parses_back_to_its_config(config):
                                    warmup_steps=1, seed=4, threads=2, object_attributes=True,
                                    attribute_weights={"shape": 5.0},
                                    curriculum_scene={"num_objects": [1, 1]},
-                                   curriculum_steps=2, geometry_weight=0.0)])
+                                   curriculum_steps=2, geometry_weight=0.0,
+                                   schedule="constant")])
 def test_vision_pretrain_command_parses_back_to_its_config(config):
     saved = as_saved(config)
     command = " ".join([reproduce.VISION_PRETRAIN] + [shlex.quote(a) for a in

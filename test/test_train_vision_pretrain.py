@@ -266,8 +266,31 @@ def test_scene_and_curriculum_flags_are_checked(capsys):
                           (["--curriculum-scene", "[1]"], "JSON object of some of"),
                           (["--steps", "4", "--curriculum-steps", "5"], "between 0 and --steps"),
                           (["--curriculum-steps", "-1"], "between 0 and --steps"),
-                          (["--geometry-weight", "-0.5"], "--geometry-weight must be >= 0")):
+                          (["--geometry-weight", "-0.5"], "--geometry-weight must be >= 0"),
+                          (["--schedule", "linear"], "invalid choice: 'linear'")):
         with pytest.raises(SystemExit) as exit_info:
             main(["--out", "unused", *args])
         assert exit_info.value.code == 2
         assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_the_schedule_keeps_the_rate_flat_or_decays_it(tmp_path, schedule):
+    out = tmp_path / schedule
+    pretrain(PretrainConfig(output_dir=str(out), preset="tiny", scene=dict(TINY_SCENE), steps=5,
+                            frames_per_step=1, frames_per_scene=1, held_out_scenes=1,
+                            lr=1e-3, warmup_steps=2, schedule=schedule), progress=False)
+    rates = [json.loads(line)["lr"] for line in (out / "log.jsonl").open()]
+    assert rates[:3] == pytest.approx([0.0, 5e-4, 1e-3])  # the warm-up
+    if schedule == "constant":
+        assert rates[3:] == pytest.approx([1e-3, 1e-3])
+    else:
+        assert 1e-3 > rates[3] > rates[4] > 0
+
+
+def test_an_unknown_schedule_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="schedule must be one of cosine, constant"):
+        pretrain(PretrainConfig(output_dir=str(tmp_path / "x"), preset="tiny",
+                                scene=dict(TINY_SCENE), steps=1, schedule="linear"),
+                 progress=False)
+    assert not (tmp_path / "x").exists()

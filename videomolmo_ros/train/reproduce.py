@@ -126,6 +126,8 @@ def vision_pretrain_arguments(config: dict[str, Any]) -> list[str]:
                  "--curriculum-steps", str(config["curriculum_steps"])]
     if config.get("geometry_weight", 1.0) != 1.0:
         args += ["--geometry-weight", repr(config["geometry_weight"])]
+    if config.get("schedule", defaults.schedule) != defaults.schedule:
+        args += ["--schedule", config["schedule"]]
     return args
 
 

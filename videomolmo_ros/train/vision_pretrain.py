@@ -234,6 +234,9 @@ class DenseHeads(nn.Module):
         return out
 
 
+SCHEDULES = ("cosine", "constant")
+
+
 @dataclass
 class PretrainConfig:
     """Everything a stage-0 run depends on (saved in ``vision_pretrain.json``)."""
@@ -261,6 +264,10 @@ class PretrainConfig:
     curriculum_scene: dict[str, Any] = field(default_factory=dict)
     curriculum_steps: int = 0
     geometry_weight: float = 1.0  # see DenseHeads
+    # "cosine" decays the rate to 0 over ``steps``; "constant" keeps it flat after warm-up:
+    # shape's loss leaves its plateau only after ~250 steps at a constant rate (README,
+    # nineteenth session), when a short cosine run has little rate left.
+    schedule: str = "cosine"
 
 
 class FrameStream:
@@ -359,10 +366,13 @@ def pretrain(config: PretrainConfig, progress: bool = True) -> dict[str, float]:
     held-out scores."""
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
-    from transformers import get_cosine_schedule_with_warmup
+    from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
     from videomolmo_ros.train.tokenizer import DEFAULT_BASE_VOCAB
 
+    if config.schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, "
+                         f"not {config.schedule!r}")
     if config.threads:
         torch.set_num_threads(config.threads)
     out = Path(config.output_dir)
@@ -373,7 +383,10 @@ def pretrain(config: PretrainConfig, progress: bool = True) -> dict[str, float]:
     params = list(model.parameters())
     optimizer = torch.optim.AdamW(params, lr=config.lr, betas=(0.9, 0.95), eps=1e-6,
                                   weight_decay=config.weight_decay)
-    schedule = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.steps)
+    if config.schedule == "constant":
+        schedule = get_constant_schedule_with_warmup(optimizer, config.warmup_steps)
+    else:
+        schedule = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.steps)
     train = FrameStream(config.scene, config.frames_per_scene, 2_000_000 + config.seed * 10 ** 7,
                         model_config)
     # Its own seed range, so that the main stream's scenes are the same with or without it.
@@ -398,9 +411,10 @@ def pretrain(config: PretrainConfig, progress: bool = True) -> dict[str, float]:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
+        rate = optimizer.param_groups[0]["lr"]  # the rate this step used
         optimizer.step()
         schedule.step()
-        record = {"step": step + 1, "loss": float(loss.detach()), **terms,
+        record = {"step": step + 1, "loss": float(loss.detach()), "lr": rate, **terms,
                   "minutes": (time.perf_counter() - started) / 60}
         if (step + 1) % 250 == 0 or step + 1 == config.steps:
             record.update({f"held_out_{k}": v for k, v in evaluate().items()})
@@ -447,6 +461,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[PretrainConfig, argpa
     p.add_argument("--frames-per-scene", type=int, default=defaults.frames_per_scene)
     p.add_argument("--lr", type=float, default=defaults.lr)
     p.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps)
+    p.add_argument("--schedule", choices=SCHEDULES, default=defaults.schedule,
+                   help="learning-rate schedule after warm-up: cosine decay to 0, or constant")
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--object-attributes", action="store_true",
@@ -484,7 +500,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[PretrainConfig, argpa
                             curriculum_scene=_scene_overrides(p, "--curriculum-scene",
                                                               a.curriculum_scene),
                             curriculum_steps=a.curriculum_steps,
-                            geometry_weight=a.geometry_weight)
+                            geometry_weight=a.geometry_weight, schedule=a.schedule)
     if config.geometry_weight < 0:
         p.error(f"--geometry-weight must be >= 0, not {config.geometry_weight}")
     if not 0 <= config.curriculum_steps <= config.steps:
