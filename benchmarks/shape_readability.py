@@ -80,9 +80,16 @@ def load_vision(directory: str):
         from videomolmo_ros.train.presets import preset
         from videomolmo_ros.train.tokenizer import DEFAULT_BASE_VOCAB
 
-        # The run's own preset and overrides (e.g. another patch size), as pretrain built it.
-        recipe = json.loads((path / RECIPE_NAME).read_text())["config"]
-        config = preset(recipe["preset"], DEFAULT_BASE_VOCAB, **recipe["model_overrides"])
+        # The run's own model config (a run started from a trained model records it), else
+        # its preset and overrides (e.g. another patch size), as pretrain built it.
+        recipe = json.loads((path / RECIPE_NAME).read_text())
+        if "model_config" in recipe:
+            from videomolmo_ros.model.config import VideoMolmoConfig
+
+            config = VideoMolmoConfig.from_dict(recipe["model_config"])
+        else:
+            config = preset(recipe["config"]["preset"], DEFAULT_BASE_VOCAB,
+                            **recipe["config"]["model_overrides"])
         model = VisionPretrainer(config)
         state = {k[len(VISION_PREFIX):]: v for k, v in load_file(str(path / WEIGHTS_NAME)).items()}
         model.backbone.load_state_dict(state)

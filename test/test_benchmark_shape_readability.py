@@ -44,6 +44,17 @@ def test_shape_readability_probes_a_stage_0_of_its_own_preset(tmp_path):
     assert len(done.stdout.strip().splitlines()) == 4
 
 
+def test_shape_readability_probes_a_stage_0_started_from_a_trained_model(tmp_path):
+    torch.manual_seed(0)
+    save_release_layout(VideoMolmoModel(tiny()).eval(), tmp_path / "model")
+    pretrain(PretrainConfig(output_dir=str(tmp_path / "stem"), init_from=str(tmp_path / "model"),
+                            add_conv_stem=True, trainable="stem", scene=dict(TINY_SCENE),
+                            steps=1, frames_per_step=2, held_out_scenes=1), progress=False)
+    done = run(str(tmp_path / "stem"), "--scenes", "3", "--steps", "2")
+    assert done.returncode == 0, done.stderr  # its config is the model's, with the branch
+    assert len(done.stdout.strip().splitlines()) == 4
+
+
 def test_shape_readability_refuses_a_missing_model(tmp_path):
     done = run(str(tmp_path / "nothing"), "--scenes", "2", "--steps", "1")
     assert done.returncode != 0

@@ -75,7 +75,9 @@ def test_train_command_parses_back_to_its_config(config):
                                    attribute_weights={"shape": 5.0},
                                    curriculum_scene={"num_objects": [1, 1]},
                                    curriculum_steps=2, geometry_weight=0.0,
-                                   schedule="constant")])
+                                   schedule="constant"),
+    vision_pretrain.PretrainConfig(output_dir="out/s", init_from="out/model", add_conv_stem=True,
+                                   trainable="stem")])
 def test_vision_pretrain_command_parses_back_to_its_config(config):
     saved = as_saved(config)
     command = " ".join([reproduce.VISION_PRETRAIN] + [shlex.quote(a) for a in
@@ -112,6 +114,24 @@ def test_a_chain_starts_each_stage_where_the_previous_command_leaves_its_model()
     assert parsed_train(commands[2])["init_from"] == "out/one/checkpoints/step-001000"
     assert "--stop-after" not in commands[2]
     assert parsed_train(commands[3])["init_from"] == "out/two"
+
+
+def test_a_stage_0_started_from_the_chains_model_gives_its_vision_to_the_next_stage():
+    first = as_saved(TrainConfig(output_dir="out/one", steps=100))
+    stem = as_saved(vision_pretrain.PretrainConfig(output_dir="out/stem", init_from="out/one_copy",
+                                                   add_conv_stem=True, trainable="stem"))
+    final = as_saved(TrainConfig(output_dir="out/two", steps=50, init_from="out/one_copy",
+                                 init_vision_from="out/stem", add_conv_stem=True))
+    commands = reproduce.chain_commands({"config": final, "step": 50, "stages": [
+        {"stage": "train", "config": first, "step": 100},
+        {"stage": "vision_pretrain", "config": stem}]})
+    assert len(commands) == 3
+    assert parsed_vision(commands[1]) == {**stem, "init_from": "out/one"}
+    two = parsed_train(commands[2])
+    assert (two["init_from"], two["init_vision_from"]) == ("out/one", "out/stem")
+    with pytest.raises(reproduce.RecipeError, match="stage 0 out/stem starts from"):
+        reproduce.chain_commands({"config": final, "step": 50, "stages": [
+            {"stage": "vision_pretrain", "config": stem}]})
 
 
 def test_a_stage_whose_start_is_missing_is_refused():

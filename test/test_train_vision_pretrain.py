@@ -294,3 +294,63 @@ def test_an_unknown_schedule_is_refused(tmp_path):
                                 scene=dict(TINY_SCENE), steps=1, schedule="linear"),
                  progress=False)
     assert not (tmp_path / "x").exists()
+
+
+def test_a_stage_0_from_a_trained_model_trains_its_conv_branch_alone_and_the_model_takes_it(
+        tmp_path):
+    from safetensors.torch import load_file
+
+    from videomolmo_ros.model import loading
+    from videomolmo_ros.train.vision_pretrain import VISION_PREFIX
+
+    tokenizer_dir = tmp_path / "tokenizer"
+    small_tokenizer().save_pretrained(str(tokenizer_dir))
+    base = tmp_path / "base"
+    Trainer(TrainConfig(output_dir=str(base), preset="tiny", data=tiny_data(), steps=1,
+                        batch_frames=1, grad_accum=1, tokenizer=str(tokenizer_dir))).train()
+    stem = tmp_path / "stem"
+    pretrain(PretrainConfig(output_dir=str(stem), init_from=str(base), add_conv_stem=True,
+                            trainable="stem", scene=dict(TINY_SCENE), steps=3, frames_per_step=2,
+                            frames_per_scene=2, held_out_scenes=1, lr=1e-2, warmup_steps=0),
+             progress=False)
+    saved = load_file(str(stem / WEIGHTS_NAME))
+    branch = {k for k in saved if ".conv_stem." in k}
+    assert branch and saved[VISION_PREFIX + "image_vit.conv_stem.linear.weight"].any()  # learnt
+    before = loading.load_videomolmo(str(base)).vision_backbone.state_dict()
+    for name in set(saved) - branch:  # everything the model's LLM reads is as it was
+        torch.testing.assert_close(saved[name], before[name[len(VISION_PREFIX):]])
+    recipe = json.loads((stem / "vision_pretrain.json").read_text())
+    assert recipe["model_config"]["vision_backbone"]["image_patch_embedding"] == "linear+conv"
+
+    # The next pointing stage: the model's LLM, the stage 0's vision side.
+    trainer = Trainer(TrainConfig(output_dir=str(tmp_path / "run"), data=tiny_data(), steps=1,
+                                  init_from=str(base), init_vision_from=str(stem),
+                                  add_conv_stem=True))
+    vision = trainer.model.vision_backbone.state_dict()
+    for name, value in saved.items():
+        torch.testing.assert_close(vision[name[len(VISION_PREFIX):]], value)
+    llm = loading.load_videomolmo(str(base)).state_dict()
+    for name, value in trainer.model.state_dict().items():
+        if not name.startswith(VISION_PREFIX):
+            torch.testing.assert_close(value, llm[name])
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"add_conv_stem": True}, "adds the branch to a trained model"),
+    ({"trainable": "stem"}, "trains the conv branch that add_conv_stem adds"),
+    ({"trainable": "head"}, "trainable must be one of all, stem"),
+    ({"init_from": "some/model", "preset": "tiny"}, "uses that model's config"),
+    ({"init_from": "some/model", "model_overrides": {"hidden_size": 8}}, "uses that model's")])
+def test_an_inconsistent_start_is_refused_before_anything_is_written(tmp_path, capsys,
+                                                                      overrides, message):
+    out = tmp_path / "never"
+    with pytest.raises(ValueError, match=message):
+        pretrain(PretrainConfig(output_dir=str(out), **overrides), progress=False)
+    assert not out.exists()
+
+
+def test_command_line_refuses_a_conv_branch_without_a_model(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--out", "unused", "--add-conv-stem"])
+    assert exit_info.value.code == 2
+    assert "adds the branch to a trained model" in capsys.readouterr().err

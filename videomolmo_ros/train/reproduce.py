@@ -128,6 +128,12 @@ def vision_pretrain_arguments(config: dict[str, Any]) -> list[str]:
         args += ["--geometry-weight", repr(config["geometry_weight"])]
     if config.get("schedule", defaults.schedule) != defaults.schedule:
         args += ["--schedule", config["schedule"]]
+    if config.get("init_from"):
+        args += ["--init-from", config["init_from"]]
+    if config.get("add_conv_stem"):
+        args.append("--add-conv-stem")
+    if config.get("trainable", defaults.trainable) != defaults.trainable:
+        args += ["--trainable", config["trainable"]]
     return args
 
 
@@ -161,6 +167,11 @@ def _append_chain(stages: list[dict[str, Any]], commands: list[str]) -> str | No
             continue
         config = dict(stage["config"])
         if stage["stage"] == "vision_pretrain":
+            if config.get("init_from"):  # a stage 0 started from the chain's model so far
+                if previous_model is None:
+                    raise RecipeError(f"the stage 0 {config['output_dir']} starts from "
+                                      f"{config['init_from']}, whose recipe is not in the chain")
+                config["init_from"] = previous_model
             previous_vision = config["output_dir"]
             _append_once(commands, [VISION_PRETRAIN, *vision_pretrain_arguments(config)])
             continue

@@ -102,6 +102,8 @@ class TrainConfig:
     init_from: str | None = None
     # A stage-0 vision side (``train.vision_pretrain``: ViT, pooling, projector) for a run from
     # scratch: our stand-in for the pre-trained CLIP (and connector) that Molmo starts from.
+    # With ``init_from``: a stage 0 started from that model (``vision_pretrain --init-from``),
+    # whose vision side replaces the model's (with ``add_conv_stem`` if it has the branch).
     init_vision_from: str | None = None
     # Every this many steps, held-out grounding signals go into the log (``train.monitor``);
     # 0 = never.
@@ -486,6 +488,14 @@ class Trainer:
             # The history length and spacing are the run's (an earlier stage may differ).
             self.model.config.temporal.history_frames = config.data.history_frames
             self.model.config.temporal.history_stride = config.data.history_stride
+            if checkpoint is None and config.init_vision_from:
+                # A stage 0 trained from this model (``vision_pretrain --init-from``, e.g. its
+                # new conv branch): its vision side replaces the model's, the LLM is kept.
+                from videomolmo_ros.train.vision_pretrain import load_pretrained_vision
+
+                if config.add_conv_stem:
+                    add_conv_stem(self.model.vision_backbone.image_vit)
+                load_pretrained_vision(self.model, config.init_vision_from)
         else:
             self.tokenizer = (loading.load_tokenizer(config.tokenizer) if config.tokenizer
                               else build_tokenizer())

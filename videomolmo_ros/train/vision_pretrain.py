@@ -235,6 +235,7 @@ class DenseHeads(nn.Module):
 
 
 SCHEDULES = ("cosine", "constant")
+TRAINABLE = ("all", "stem")
 
 
 @dataclass
@@ -268,6 +269,16 @@ class PretrainConfig:
     # shape's loss leaves its plateau only after ~250 steps at a constant rate (README,
     # nineteenth session), when a short cosine run has little rate left.
     schedule: str = "cosine"
+    # A trained model (release layout) whose vision side starts the run instead of a fresh
+    # one of ``preset``; its own config is used (``preset`` and ``model_overrides`` must be
+    # left at their defaults). ``add_conv_stem`` gives its ViT the conv branch
+    # (``vision.add_conv_stem``, output layer at zero), ``trainable="stem"`` trains that
+    # branch alone. Why: the pointing stages give a trained model's new branch too weak a
+    # signal to learn shape (README, sixteenth session); here the dense shape read-out
+    # trains it while the rest, which the model's LLM reads, stays as it was.
+    init_from: str | None = None
+    add_conv_stem: bool = False
+    trainable: str = "all"
 
 
 class FrameStream:
@@ -317,16 +328,20 @@ class VisionPretrainer(nn.Module):
     def __init__(self, model_config: VideoMolmoConfig, seed: int = 0,
                  object_attributes: bool = False,
                  attribute_weights: dict[str, float] | None = None,
-                 geometry_weight: float = 1.0) -> None:
+                 geometry_weight: float = 1.0, backbone: nn.Module | None = None) -> None:
+        """backbone: a trained model's ``vision_backbone`` to start from (default: a fresh
+        one of ``model_config``)."""
         super().__init__()
         from videomolmo_ros.model.videomolmo import VideoMolmoModel
         from videomolmo_ros.train.trainer import init_connector, init_positions
 
         torch.manual_seed(seed)
-        model = VideoMolmoModel(model_config)
-        init_connector(model)
-        init_positions(model)
-        self.backbone = model.vision_backbone
+        if backbone is None:
+            model = VideoMolmoModel(model_config)
+            init_connector(model)
+            init_positions(model)
+            backbone = model.vision_backbone
+        self.backbone = backbone
         self.backbone.adapter = None  # trained in the pointing stage, from history frames
         self.patch_heads = DenseHeads(model_config.image_feature_dim, object_attributes,
                                       attribute_weights, geometry_weight=geometry_weight)
@@ -368,19 +383,21 @@ def pretrain(config: PretrainConfig, progress: bool = True) -> dict[str, float]:
     from tqdm.auto import tqdm
     from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
-    from videomolmo_ros.train.tokenizer import DEFAULT_BASE_VOCAB
-
-    if config.schedule not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, "
-                         f"not {config.schedule!r}")
+    check_start(config)
     if config.threads:
         torch.set_num_threads(config.threads)
+    model_config, backbone = starting_vision(config)
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model_config = preset(config.preset, DEFAULT_BASE_VOCAB, **config.model_overrides)
     model = VisionPretrainer(model_config, config.seed, config.object_attributes,
-                             config.attribute_weights, config.geometry_weight).train()
-    params = list(model.parameters())
+                             config.attribute_weights, config.geometry_weight,
+                             backbone=backbone).train()
+    if config.trainable == "stem":
+        for parameter in model.backbone.parameters():
+            parameter.requires_grad_(False)
+        for parameter in model.backbone.image_vit.conv_stem.parameters():
+            parameter.requires_grad_(True)
+    params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, betas=(0.9, 0.95), eps=1e-6,
                                   weight_decay=config.weight_decay)
     if config.schedule == "constant":
@@ -426,9 +443,46 @@ def pretrain(config: PretrainConfig, progress: bool = True) -> dict[str, float]:
     log.close()
     scores = evaluate()
     save_file(model.vision_state_dict(), str(out / WEIGHTS_NAME))
+    # The model's full config too: a run started from a trained model is not its preset.
     (out / RECIPE_NAME).write_text(json.dumps(
-        {"config": dataclasses.asdict(config), "held_out": scores}, indent=2) + "\n")
+        {"config": dataclasses.asdict(config), "model_config": model_config.to_dict(),
+         "held_out": scores}, indent=2) + "\n")
     return scores
+
+
+def check_start(config: PretrainConfig) -> None:
+    """ValueError naming what is inconsistent in how the run starts and what it trains."""
+    if config.schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, "
+                         f"not {config.schedule!r}")
+    if config.trainable not in TRAINABLE:
+        raise ValueError(f"trainable must be one of {', '.join(TRAINABLE)}, "
+                         f"not {config.trainable!r}")
+    if config.init_from and (config.model_overrides or config.preset != "small"):
+        raise ValueError("a run started from a trained model (init_from) uses that model's "
+                         "config: leave preset and model_overrides at their defaults")
+    if config.add_conv_stem and not config.init_from:
+        raise ValueError("add_conv_stem adds the branch to a trained model (init_from); a "
+                         "fresh one takes model_overrides "
+                         '{"vision_backbone": {"image_patch_embedding": "linear+conv"}}')
+    if config.trainable == "stem" and not config.add_conv_stem:
+        raise ValueError('trainable="stem" trains the conv branch that add_conv_stem adds')
+
+
+def starting_vision(config: PretrainConfig) -> tuple[VideoMolmoConfig, nn.Module | None]:
+    """(model config, trained vision backbone or None for a fresh one of the preset)."""
+    from videomolmo_ros.train.tokenizer import DEFAULT_BASE_VOCAB
+
+    if not config.init_from:
+        return preset(config.preset, DEFAULT_BASE_VOCAB, **config.model_overrides), None
+    from videomolmo_ros.model import loading
+    from videomolmo_ros.model.vision import add_conv_stem
+
+    model = loading.load_videomolmo(config.init_from)  # float32, whatever it was saved in
+    if config.add_conv_stem:
+        torch.manual_seed(config.seed)  # the branch's convolutions start at random
+        add_conv_stem(model.vision_backbone.image_vit)  # sets model.config's embedding
+    return model.config, model.vision_backbone
 
 
 def load_pretrained_vision(model: torch.nn.Module, directory: str | Path) -> None:
@@ -475,6 +529,12 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[PretrainConfig, argpa
     p.add_argument("--curriculum-steps", type=int, default=defaults.curriculum_steps)
     p.add_argument("--geometry-weight", type=float, default=defaults.geometry_weight,
                    help="weight of the point and position read-out losses (0: off)")
+    p.add_argument("--init-from", default=None,
+                   help="a trained model (release layout) whose vision side starts the run")
+    p.add_argument("--add-conv-stem", action="store_true",
+                   help="give that model's ViT the conv branch, its output layer at zero")
+    p.add_argument("--trainable", choices=TRAINABLE, default=defaults.trainable,
+                   help="train everything, or the conv branch alone")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     try:
@@ -500,7 +560,13 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[PretrainConfig, argpa
                             curriculum_scene=_scene_overrides(p, "--curriculum-scene",
                                                               a.curriculum_scene),
                             curriculum_steps=a.curriculum_steps,
-                            geometry_weight=a.geometry_weight, schedule=a.schedule)
+                            geometry_weight=a.geometry_weight, schedule=a.schedule,
+                            init_from=a.init_from, add_conv_stem=a.add_conv_stem,
+                            trainable=a.trainable)
+    try:
+        check_start(config)
+    except ValueError as error:
+        p.error(str(error))
     if config.geometry_weight < 0:
         p.error(f"--geometry-weight must be >= 0, not {config.geometry_weight}")
     if not 0 <= config.curriculum_steps <= config.steps:
