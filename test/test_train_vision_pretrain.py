@@ -354,3 +354,12 @@ def test_command_line_refuses_a_conv_branch_without_a_model(capsys):
         main(["--out", "unused", "--add-conv-stem"])
     assert exit_info.value.code == 2
     assert "adds the branch to a trained model" in capsys.readouterr().err
+
+
+def test_command_line_refuses_a_model_it_cannot_load(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    for model in (tmp_path / "missing", tmp_path / "empty"):
+        assert main(["--out", str(tmp_path / "out"), "--init-from", str(model),
+                     "--add-conv-stem", "--no-progress"]) == 2
+        assert f"cannot start from {model}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -25,6 +25,7 @@ import argparse
 import dataclasses
 import functools
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -469,8 +470,13 @@ def check_start(config: PretrainConfig) -> None:
         raise ValueError('trainable="stem" trains the conv branch that add_conv_stem adds')
 
 
+class StartError(ValueError):
+    """The trained model a run should start from cannot be loaded or given the branch."""
+
+
 def starting_vision(config: PretrainConfig) -> tuple[VideoMolmoConfig, nn.Module | None]:
-    """(model config, trained vision backbone or None for a fresh one of the preset)."""
+    """(model config, trained vision backbone or None for a fresh one of the preset);
+    StartError when ``init_from`` is no usable model."""
     from videomolmo_ros.train.tokenizer import DEFAULT_BASE_VOCAB
 
     if not config.init_from:
@@ -478,10 +484,13 @@ def starting_vision(config: PretrainConfig) -> tuple[VideoMolmoConfig, nn.Module
     from videomolmo_ros.model import loading
     from videomolmo_ros.model.vision import add_conv_stem
 
-    model = loading.load_videomolmo(config.init_from)  # float32, whatever it was saved in
-    if config.add_conv_stem:
-        torch.manual_seed(config.seed)  # the branch's convolutions start at random
-        add_conv_stem(model.vision_backbone.image_vit)  # sets model.config's embedding
+    try:
+        model = loading.load_videomolmo(config.init_from)  # float32, whatever it was saved in
+        if config.add_conv_stem:
+            torch.manual_seed(config.seed)  # the branch's convolutions start at random
+            add_conv_stem(model.vision_backbone.image_vit)  # sets model.config's embedding
+    except (OSError, RuntimeError, ValueError) as error:
+        raise StartError(f"cannot start from {config.init_from}: {error}") from error
     return model.config, model.vision_backbone
 
 
@@ -590,7 +599,11 @@ def _scene_overrides(parser: argparse.ArgumentParser, flag: str, text: str) -> d
 
 def main(argv: Sequence[str] | None = None) -> int:
     config, a = parse_args(argv)
-    scores = pretrain(config, progress=not a.no_progress)
+    try:
+        scores = pretrain(config, progress=not a.no_progress)
+    except StartError as error:
+        print(f"vision_pretrain: {error}", file=sys.stderr)
+        return 2
     print(json.dumps({k: round(v, 4) for k, v in scores.items()}))
     return 0
 
