@@ -39,9 +39,9 @@ from torch import nn
 from videomolmo_ros.data.synthetic import COLORS, MOTIONS, SHAPES, SIZES, TEXTURES, Scene, \
     SceneConfig, make_scene
 from videomolmo_ros.model.config import VideoMolmoConfig
-from videomolmo_ros.train.flags import json_object
 from videomolmo_ros.model.preprocessing import (CropLayout, crop_frame, make_crop_layout,
                                                 patchify, resize_and_pad)
+from videomolmo_ros.train.flags import json_object
 from videomolmo_ros.train.presets import preset
 
 WEIGHTS_NAME = "vision.safetensors"
@@ -459,7 +459,7 @@ def check_start(config: PretrainConfig) -> None:
     if config.trainable not in TRAINABLE:
         raise ValueError(f"trainable must be one of {', '.join(TRAINABLE)}, "
                          f"not {config.trainable!r}")
-    if config.init_from and (config.model_overrides or config.preset != "small"):
+    if config.init_from and (config.model_overrides or config.preset != PretrainConfig.preset):
         raise ValueError("a run started from a trained model (init_from) uses that model's "
                          "config: leave preset and model_overrides at their defaults")
     if config.add_conv_stem and not config.init_from:
