@@ -85,3 +85,32 @@ def test_portable_paths_keep_the_run_and_checkpoint_names(tmp_path):
     assert portable_path(str(tmp_path / "G2")) == "out/G2"
     assert (portable_path(str(tmp_path / "G2" / "checkpoints" / "step-001000"))
             == "out/G2/checkpoints/step-001000")
+
+
+def test_a_resumed_runs_record_travels_with_the_chain(tmp_path):
+    """A stage resumed with a changed schedule keeps its ``resumed`` record when it ships and
+    when a later stage starts from it, so reproduce gives its two commands."""
+    from videomolmo_ros.train.reproduce import chain_commands
+
+    tokenizer_dir = tmp_path / "tokenizer"
+    small_tokenizer().save_pretrained(str(tokenizer_dir))
+    common = dict(preset="tiny", data=tiny_data(), batch_frames=1, grad_accum=1, save_every=1,
+                  tokenizer=str(tokenizer_dir))
+    first = tmp_path / "stage1"
+    Trainer(TrainConfig(output_dir=str(first), steps=4, **common)).train(steps=1,
+                                                                          progress=False)
+    Trainer(TrainConfig(output_dir=str(first), steps=2, **common), resume=True).train(
+        progress=False)
+    record = [{"step": 1, "changed": {"steps": [4, 2]}}]
+    assert json.loads(ship(first, tmp_path / "shipped1").joinpath(
+        "training.json").read_text())["resumed"] == record
+    second = tmp_path / "stage2"
+    Trainer(TrainConfig(output_dir=str(second), init_from=str(first), steps=1,
+                        **common)).train(progress=False)
+    recipe = json.loads((ship(second, tmp_path / "shipped2") / "training.json").read_text())
+    assert recipe["stages"][-1]["resumed"] == record and "resumed" not in recipe
+    commands = chain_commands(recipe)
+    assert len(commands) == 3
+    assert "--steps 4" in commands[0] and "--stop-after 1" in commands[0]
+    assert "--steps 2" in commands[1] and commands[1].endswith("--resume")
+    assert "--init-from out/stage1" in commands[2]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shlex
 
 import numpy as np
 import pytest
@@ -180,6 +181,46 @@ def test_reproducible_and_exactly_resumable(tmp_path, tokenizer_dir):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     lines = (tmp_path / "split" / LOG_NAME).read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [1, 2, 3, 4]
+
+
+def test_a_resume_that_changes_the_schedule_is_recorded_and_reproduced(tmp_path,
+                                                                     tokenizer_dir):
+    """A run stopped at step 2 of an 8-step schedule and resumed as a 4-step one (``H22``
+    was): its recipe says so, and ``train.reproduce`` re-runs it bit for bit, where the last
+    command alone would run all four steps on the 4-step schedule."""
+    from videomolmo_ros.train import reproduce
+
+    Trainer(run_config(tmp_path / "run", tokenizer_dir, steps=8)).train(steps=2, progress=False)
+    resumed = Trainer(run_config(tmp_path / "run", tokenizer_dir, steps=4, save_every=1),
+                      resume=True)
+    resumed.train(progress=False)
+    recipe = json.loads((tmp_path / "run" / "training.json").read_text())
+    assert recipe["resumed"] == [{"step": 2, "changed": {"steps": [8, 4],
+                                                         "save_every": [2, 1]}}]
+    commands = reproduce.chain_commands(recipe)
+    assert len(commands) == 2
+    assert "--steps 8" in commands[0] and "--stop-after 2" in commands[0]
+    assert "--steps 4" in commands[1] and commands[1].endswith("--resume")
+    for command in commands:
+        arguments = shlex.split(command)[3:]  # after "python -m videomolmo_ros.train"
+        arguments[arguments.index("--out") + 1] = str(tmp_path / "again")
+        assert main(arguments + ["--no-progress"]) == 0
+    a = loading.read_tensors(str(tmp_path / "run"))
+    b = loading.read_tensors(str(tmp_path / "again"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    again = json.loads((tmp_path / "again" / "training.json").read_text())
+    assert again["resumed"] == recipe["resumed"]
+    # The last command alone trains another model: the record is needed.
+    assert main(shlex.split(commands[1])[3:-1] + ["--no-progress", "--out",
+                                                  str(tmp_path / "last")]) == 0
+    c = loading.read_tensors(str(tmp_path / "last"))
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_a_resume_that_changes_nothing_records_nothing(tmp_path, tokenizer_dir):
+    Trainer(run_config(tmp_path, tokenizer_dir)).train(steps=2, progress=False)
+    Trainer(run_config(tmp_path, tokenizer_dir), resume=True).train(progress=False)
+    assert "resumed" not in json.loads((tmp_path / "training.json").read_text())
 
 
 def test_resume_refuses_a_different_recipe(tmp_path, tokenizer_dir):

@@ -2,7 +2,9 @@
 
 Writes the final model (release layout + tokenizer + training.json) into DIR, resumable
 checkpoints into DIR/checkpoints, one JSON line per step into DIR/log.jsonl. ``--resume``
-continues from the newest checkpoint in DIR with the same recipe, bit-exactly.
+continues from the newest checkpoint in DIR with the same recipe, bit-exactly; the schedule
+(``--steps``, rates) and checkpointing may change on a resume, and ``training.json`` records
+each change (``resumed``) for ``train.reproduce``.
 """
 from __future__ import annotations
 

@@ -7,7 +7,9 @@ by hand from five JSON configs is how a model card's "exact command" goes wrong.
 recorded config becomes the command line whose parsed config is that config (tested as a round
 trip), and each ``--init-from`` names where the previous command leaves its model (its run
 directory, or its checkpoint when it stopped early). An averaged model (``train.average``)
-branches the chain: the commands of each source, then the averaging. Runs are seeded: the
+branches the chain: the commands of each source, then the averaging. A run resumed with a
+changed schedule (``resumed`` in its recipe) is its commands up to each resume, then
+``--resume`` with the new settings. Runs are seeded: the
 commands re-run the same steps, with the code of the commit that trained the model (see the
 model card).
 """
@@ -142,7 +144,8 @@ def _stages(recipe: dict[str, Any]) -> list[dict[str, Any]]:
     if is_average(recipe):
         return [recipe]
     return list(recipe.get("stages", [])) + [
-        {"stage": "train", "config": recipe["config"], "step": recipe.get("step")}]
+        {"stage": "train", "config": recipe["config"], "step": recipe.get("step"),
+         "resumed": recipe.get("resumed", [])}]
 
 
 def chain_commands(recipe: dict[str, Any]) -> list[str]:
@@ -187,10 +190,27 @@ def _append_chain(stages: list[dict[str, Any]], commands: list[str]) -> str | No
             config["init_vision_from"] = previous_vision
         step, steps = stage.get("step"), config["steps"]
         stop_after = step if step is not None and step < steps else None
-        _append_once(commands, [TRAIN, *train_arguments(config, stop_after)])
+        for arguments in _resumed_run(config, stage.get("resumed", []), stop_after):
+            _append_once(commands, [TRAIN, *arguments])
         previous_model = (config["output_dir"] if stop_after is None else
                           str(Path(config["output_dir"]) / CHECKPOINTS / f"step-{step:06d}"))
     return previous_model
+
+
+def _resumed_run(config: dict[str, Any], resumed: list[dict[str, Any]],
+                 stop_after: int | None) -> list[list[str]]:
+    """The train commands of one run: one, or, for a run resumed with changed settings
+    (``resumed``: [before, after] per setting, oldest first), the first settings up to the
+    first resume, then ``--resume`` with each change in turn."""
+    configs = [config]
+    for entry in reversed(resumed):  # undo the changes, newest first
+        configs.insert(0, {**configs[0], **{k: pair[0] for k, pair in entry["changed"].items()}})
+    stops = [entry["step"] for entry in resumed] + [stop_after]
+    commands = []
+    for index, (settings, stop) in enumerate(zip(configs, stops)):
+        arguments = train_arguments(settings, stop)
+        commands.append(arguments + ["--resume"] if index else arguments)
+    return commands
 
 
 def _append_once(commands: list[str], program_and_arguments: list[str]) -> None:

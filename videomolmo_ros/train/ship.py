@@ -44,6 +44,14 @@ def portable(config: dict[str, Any]) -> dict[str, Any]:
             for k, v in config.items()}
 
 
+def portable_resumes(resumes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A run's ``resumed`` record (``Trainer._load_state``) with paths as in ``portable``."""
+    return [{**entry, "changed": {k: ([portable_path(v) if isinstance(v, str) and v else v
+                                       for v in pair] if k in PATH_KEYS else pair)
+                                   for k, pair in entry["changed"].items()}}
+            for entry in resumes]
+
+
 def ancestry(config: dict[str, Any]) -> list[dict[str, Any]]:
     """The recipes (portable) of the runs a run with ``config`` starts from, oldest first, as
     far as their directories exist; a parent whose recipe carries ``stages`` (a shipped model,
@@ -68,6 +76,8 @@ def ancestry(config: dict[str, Any]) -> list[dict[str, Any]]:
             break
         stages.insert(0, {"stage": "train", "config": portable(earlier["config"]),
                           "step": earlier.get("step"), "final_loss": earlier.get("final_loss")})
+        if earlier.get("resumed"):
+            stages[0]["resumed"] = portable_resumes(earlier["resumed"])
         if "stages" in earlier:  # its own chain is recorded with it
             stages[:0] = earlier["stages"]
             break
@@ -83,7 +93,10 @@ def recipe_chain(run_dir: Path) -> dict[str, Any]:
     if is_average(recipe):  # written portable by train.average, its sources' chains inside
         return recipe
     stages = recipe["stages"] if "stages" in recipe else ancestry(recipe["config"])
-    return {**recipe, "config": portable(recipe["config"]), "stages": stages}
+    chain = {**recipe, "config": portable(recipe["config"]), "stages": stages}
+    if recipe.get("resumed"):
+        chain["resumed"] = portable_resumes(recipe["resumed"])
+    return chain
 
 
 def ship(run_dir: str | Path, destination: str | Path | None = None,

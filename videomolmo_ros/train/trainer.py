@@ -549,6 +549,8 @@ class Trainer:
             self.optimizer, config.warmup_steps, config.steps, min_lr_rate=config.min_lr_ratio)
         self.step = 0
         self.losses: list[float] = []
+        # What each resume changed (a shorter schedule, say): see _load_state.
+        self.resumes: list[dict[str, Any]] = []
         self.monitor = None
         if config.monitor_every:
             from videomolmo_ros.train.monitor import GroundingMonitor
@@ -669,7 +671,7 @@ class Trainer:
         torch.save({"step": self.step, "optimizer": self.optimizer.state_dict(),
                     "scheduler": self.scheduler.state_dict(),
                     "torch_rng": torch.get_rng_state(), "losses": list(self.losses),
-                    "config": self.config.to_dict(),
+                    "config": self.config.to_dict(), "resumes": self.resumes,
                     "recall_head": (self.recall_head.state_dict()
                                     if self.recall_head is not None else None),
                     "readout_heads": (self.readout_heads.state_dict()
@@ -693,14 +695,21 @@ class Trainer:
         # what those runs did
         saved["data"] = {**dataclasses.asdict(DataConfig()), **saved["data"]}
         mine = self.config.to_dict()
-        changed = [k for k in ("data", "batch_frames", "grad_accum", "preset", "temporal",
-                               "model_overrides", "seed", "init_from", "init_vision_from",
-                               "query_recall", "keep_readouts", "referent_map",
-                               "motion_readout", "referent_layer", "clip_by",
-                               "add_conv_stem", "lr_stem", "readout_weights")
-                   if saved.get(k) != mine.get(k)]
+        fixed = ("data", "batch_frames", "grad_accum", "preset", "temporal", "model_overrides",
+                 "seed", "init_from", "init_vision_from", "query_recall", "keep_readouts",
+                 "referent_map", "motion_readout", "referent_layer", "clip_by",
+                 "add_conv_stem", "lr_stem", "readout_weights")
+        changed = [k for k in fixed if saved.get(k) != mine.get(k)]
         if changed:
             raise ValueError(f"cannot resume {checkpoint}: the run changed {changed}")
+        # The rest may change (the schedule's length or rates, checkpointing): each resume that
+        # does is recorded, [before, after] per setting, so that train.reproduce re-runs the
+        # run as it happened rather than as its last command says.
+        self.resumes = list(state.get("resumes", []))
+        changes = {k: [v, mine[k]] for k, v in state["config"].items()
+                   if k not in fixed and k != "output_dir" and k in mine and mine[k] != v}
+        if changes:
+            self.resumes.append({"step": int(state["step"]), "changed": changes})
         if self.recall_head is not None:  # same query_recall (checked above): it was saved
             self.recall_head.load_state_dict(state["recall_head"])
         if self.readout_heads is not None:
@@ -735,10 +744,11 @@ class Trainer:
         directory = Path(directory)
         loading.save_release_layout(self.model, directory)
         self.tokenizer.save_pretrained(str(directory))
-        (directory / RECIPE_NAME).write_text(json.dumps(
-            {"config": self.config.to_dict(), "step": self.step,
-             "final_loss": self.losses[-1] if self.losses else None, "stages": self.stages},
-            indent=2) + "\n")
+        recipe = {"config": self.config.to_dict(), "step": self.step,
+                  "final_loss": self.losses[-1] if self.losses else None, "stages": self.stages}
+        if self.resumes:  # only then: the recipes of runs never resumed stay as they were
+            recipe["resumed"] = self.resumes
+        (directory / RECIPE_NAME).write_text(json.dumps(recipe, indent=2) + "\n")
         return directory
 
 
