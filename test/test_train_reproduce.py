@@ -54,7 +54,8 @@ TEMPORAL_TRAIN = TrainConfig(output_dir="out/m", data=DataConfig(history_frames=
                              keep_readouts=0.1, motion_readout=0.5)
 
 STEM_TRAIN = TrainConfig(output_dir="out/c", init_from="out/b", add_conv_stem=True, lr_stem=3e-4,
-                         keep_readouts=0.1, readout_weights={"shape": 5.0, "color": 0.5})
+                         keep_readouts=0.1, readout_weights={"shape": 5.0, "color": 0.5},
+                         query_recall=1.0, head_warmup=20)
 
 
 @pytest.mark.parametrize("config", [TrainConfig(output_dir="out/plain"), UNUSUAL_TRAIN,

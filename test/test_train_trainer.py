@@ -21,8 +21,8 @@ from videomolmo_ros.train.dataset import (CAPTION_PROMPT, PointingDataset,  # no
                                           collate)
 from videomolmo_ros.train.presets import preset, tiny  # noqa: E402
 from videomolmo_ros.train.testing import TINY_SCENE, small_tokenizer, tiny_data  # noqa: E402
-from videomolmo_ros.train.trainer import (LOG_NAME, STATE_NAME, TrainConfig,  # noqa: E402
-                                          Trainer, answer_loss, clip_gradients,
+from videomolmo_ros.train.trainer import (HEAD_WARMUP_LOG, LOG_NAME,  # noqa: E402
+                                          STATE_NAME, TrainConfig, Trainer, answer_loss, clip_gradients,
                                           latest_checkpoint, parameter_groups)
 
 torch.set_num_threads(1)
@@ -431,6 +431,46 @@ def test_keep_readouts_run_resumes_exactly_and_exports_no_extra_weights(tmp_path
     assert Trainer(run_config(tmp_path / "none", tokenizer_dir)).batches(0)[0] \
         .token_targets is None
     check_training_only_loss(tmp_path, tokenizer_dir, "readout_loss", keep_readouts=0.5)
+
+
+def test_head_warmup_trains_the_fresh_heads_alone_before_step_one(tmp_path, tokenizer_dir):
+    """--head-warmup: the heads learn (their losses fall) while the model, its optimizer and
+    its schedule stay as they were; the run's first loss is then that of the run without it;
+    a resumed run does not warm up again and ends where the uninterrupted one does."""
+    for bad in (dict(head_warmup=2), dict(head_warmup=-1, query_recall=0.5)):
+        with pytest.raises(ValueError, match="head_warmup"):
+            run_config(tmp_path / "bad", tokenizer_dir, **bad)
+    heads = dict(query_recall=0.5, keep_readouts=0.5)
+    run = Trainer(run_config(tmp_path / "warm", tokenizer_dir, head_warmup=6, **heads))
+    model_before = {k: v.clone() for k, v in run.model.state_dict().items()}
+    recall_before = run.recall_head.weight.detach().clone()
+    records = run.warm_up_heads()
+    assert [r["head_warmup_step"] for r in records] == list(range(1, 7))
+    assert records[-1]["query_recall_loss"] < records[0]["query_recall_loss"]
+    assert records[-1]["readout_loss"] < records[0]["readout_loss"]
+    assert all(torch.equal(model_before[k], v) for k, v in run.model.state_dict().items())
+    assert not torch.equal(run.recall_head.weight, recall_before)
+    assert all(p.requires_grad for p in run.model.parameters())
+    assert not run.optimizer.state and run.scheduler.last_epoch == 0
+    logged = (tmp_path / "warm" / HEAD_WARMUP_LOG).read_text().splitlines()
+    assert [json.loads(line) for line in logged] == records
+
+    full = Trainer(run_config(tmp_path / "full", tokenizer_dir, head_warmup=6, **heads))
+    losses = full.train(progress=False)
+    cold = Trainer(run_config(tmp_path / "cold", tokenizer_dir, **heads))
+    assert cold.train(progress=False)[0] == losses[0]  # the model was not touched
+    assert cold.losses[1:] != losses[1:]  # warm heads steer the updates differently
+    split = Trainer(run_config(tmp_path / "split", tokenizer_dir, head_warmup=6, **heads))
+    split.train(steps=2, progress=False)
+    del split
+    (tmp_path / "split" / HEAD_WARMUP_LOG).unlink()
+    resumed = Trainer(run_config(tmp_path / "split", tokenizer_dir, head_warmup=6, **heads),
+                      resume=True)
+    assert resumed.train(progress=False) == losses[2:]
+    assert not (tmp_path / "split" / HEAD_WARMUP_LOG).exists()  # no second warm-up
+    with pytest.raises(ValueError, match="head_warmup"):
+        Trainer(run_config(tmp_path / "split", tokenizer_dir, head_warmup=3, **heads),
+                resume=True)
 
 
 def test_motion_readout_reads_the_owner_motion_and_needs_the_temporal_module(tmp_path,

@@ -107,6 +107,10 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, argparse
     p.add_argument("--readout-weights", default="{}",
                    help='JSON object of per-attribute weights inside --keep-readouts, e.g. '
                         '{"shape": 5}')
+    p.add_argument("--head-warmup", type=int, default=t.head_warmup,
+                   help="steps that the fresh training-only heads (--query-recall, "
+                        "--keep-readouts) train alone, the model frozen, before step 1 "
+                        "(TrainConfig.head_warmup); 0 = none")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
     if a.stop_after is not None and not 0 < a.stop_after <= a.steps:
@@ -140,7 +144,8 @@ def train_config(a: argparse.Namespace, data: DataConfig) -> TrainConfig:
         keep_readouts=a.keep_readouts, motion_readout=a.motion_readout,
         referent_map=a.referent_map,
         referent_layer=a.referent_layer, clip_by=a.clip_by, add_conv_stem=a.add_conv_stem,
-        lr_stem=a.lr_stem, readout_weights=json_object(a.readout_weights, "--readout-weights"))
+        lr_stem=a.lr_stem, readout_weights=json_object(a.readout_weights, "--readout-weights"),
+        head_warmup=a.head_warmup)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
