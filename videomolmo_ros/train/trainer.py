@@ -148,9 +148,10 @@ class TrainConfig:
     # Steps that the fresh training-only heads (query recall, kept read-outs) train alone, the
     # model frozen, before step 1, on frames the run's steps never use (``Trainer.
     # warm_up_heads``); 0 = none. Why: a random recall head's gradient on the LLM is about six
-    # times the answer's (norm 6.6 against 1.1), so a stage started from a trained model first
-    # unlearnt it: ``HI22`` fell from point F1 0.664 to 0.559 in 100 steps at half rates, and
-    # only to 0.653 without that head (issue 4, twenty-second session). Not in the paper.
+    # times the answer's (norm 6.6 against 1.2), so a stage started from a trained model first
+    # unlearnt it: ``HI22`` fell from point F1 0.664 to 0.559 in 100 steps at half rates with
+    # that head (read-outs off), only to 0.653 without it, and scored 0.665 with both heads
+    # warmed up (issue 4, twenty-second session). Not in the paper.
     head_warmup: int = 0
 
     def __post_init__(self) -> None:
@@ -646,7 +647,7 @@ class Trainer:
     def warm_up_heads(self) -> list[dict[str, float]]:
         """``TrainConfig.head_warmup`` steps of the training-only heads alone (model frozen,
         constant rate ``HEAD_WARMUP_LR``, their own AdamW, each head clipped on its own) on
-        frames from ``HEAD_WARMUP_FIRST_FRAME`` on; one record per step, also appended to
+        frames from ``HEAD_WARMUP_FIRST_FRAME`` on; one record per step, also written to
         ``head_warmup.jsonl``. The model's weights, optimizer and schedule are untouched."""
         cfg = self.config
         heads = {"recall_head": self.recall_head, "readout_heads": self.readout_heads}
