@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from videomolmo_ros.model import loading  # noqa: E402
-from videomolmo_ros.train.ship import portable_path, ship  # noqa: E402
+from videomolmo_ros.train.ship import portable_path, portable_resumes, ship  # noqa: E402
 from videomolmo_ros.train.testing import TINY_SCENE, small_tokenizer, tiny_data  # noqa: E402
 from videomolmo_ros.train.trainer import TrainConfig, Trainer  # noqa: E402
 from videomolmo_ros.train.vision_pretrain import PretrainConfig, pretrain  # noqa: E402
@@ -85,6 +85,13 @@ def test_portable_paths_keep_the_run_and_checkpoint_names(tmp_path):
     assert portable_path(str(tmp_path / "G2")) == "out/G2"
     assert (portable_path(str(tmp_path / "G2" / "checkpoints" / "step-001000"))
             == "out/G2/checkpoints/step-001000")
+
+
+def test_a_resume_record_names_its_paths_portably():
+    record = [{"step": 3, "changed": {"tokenizer": ["/home/me/runs/tok", "/srv/x/tok2"],
+                                      "steps": [10, 6]}}]
+    assert portable_resumes(record) == [{"step": 3, "changed": {
+        "tokenizer": ["out/tok", "out/tok2"], "steps": [10, 6]}}]
 
 
 def test_a_resumed_runs_record_travels_with_the_chain(tmp_path):

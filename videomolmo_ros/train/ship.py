@@ -46,10 +46,12 @@ def portable(config: dict[str, Any]) -> dict[str, Any]:
 
 def portable_resumes(resumes: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """A run's ``resumed`` record (``Trainer._load_state``) with paths as in ``portable``."""
-    return [{**entry, "changed": {k: ([portable_path(v) if isinstance(v, str) and v else v
-                                       for v in pair] if k in PATH_KEYS else pair)
-                                   for k, pair in entry["changed"].items()}}
-            for entry in resumes]
+    portable_entries = []
+    for entry in resumes:
+        before = portable({k: pair[0] for k, pair in entry["changed"].items()})
+        after = portable({k: pair[1] for k, pair in entry["changed"].items()})
+        portable_entries.append({**entry, "changed": {k: [before[k], after[k]] for k in before}})
+    return portable_entries
 
 
 def ancestry(config: dict[str, Any]) -> list[dict[str, Any]]:

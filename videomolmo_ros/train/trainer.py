@@ -670,9 +670,8 @@ class Trainer:
                     for batch in batches:
                         losses = step_losses(self.model, batch, self.recall_head,
                                              self.readout_heads)
-                        losses.pop("answer")  # no gradient: the model is frozen
-                        self._weighted_loss({"answer": torch.zeros(()), **losses}, tokens,
-                                            len(batches)).backward()
+                        # the answer term is a constant here (frozen model): no gradient
+                        self._weighted_loss(losses, tokens, len(batches)).backward()
                         for name in sums:
                             sums[name] += float(losses[name].detach()) if name in losses else 0.0
                     clip_gradients(optimizer.param_groups, cfg.max_grad_norm, "side")
