@@ -55,7 +55,7 @@ TEMPORAL_TRAIN = TrainConfig(output_dir="out/m", data=DataConfig(history_frames=
 
 STEM_TRAIN = TrainConfig(output_dir="out/c", init_from="out/b", add_conv_stem=True, lr_stem=3e-4,
                          keep_readouts=0.1, readout_weights={"shape": 5.0, "color": 0.5},
-                         query_recall=1.0, head_warmup=20)
+                         query_recall=1.0, head_warmup=20, grow_llm=2)
 
 
 @pytest.mark.parametrize("config", [TrainConfig(output_dir="out/plain"), UNUSUAL_TRAIN,

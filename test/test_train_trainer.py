@@ -530,6 +530,41 @@ def test_add_conv_stem_starts_where_the_linear_model_was_and_learns(tmp_path, to
     assert all(torch.equal(trained[k], v) for k, v in later.model.state_dict().items())
 
 
+def test_grow_llm_starts_where_the_trained_model_was_and_keeps_its_depth(tmp_path,
+                                                                         tokenizer_dir):
+    """--grow-llm with --init-from: a deeper LLM whose first loss is the plain stage's (it
+    computes what the trained model did), saved and reloaded at its new depth, fixed across a
+    resume; without --init-from it is refused."""
+    for bad in (dict(grow_llm=1), dict(grow_llm=-1, init_from="x")):
+        with pytest.raises(ValueError, match="grow_llm"):
+            run_config(tmp_path / "bad", tokenizer_dir, **bad)
+    Trainer(run_config(tmp_path / "a", tokenizer_dir, steps=1)).train(progress=False)
+    layers = tiny().num_hidden_layers
+    plain = Trainer(run_config(tmp_path / "plain", tokenizer_dir, init_from=str(tmp_path / "a")))
+    grown = Trainer(run_config(tmp_path / "grown", tokenizer_dir, init_from=str(tmp_path / "a"),
+                               grow_llm=1))
+    assert len(grown.model.llm.layers) == grown.model.config.num_hidden_layers == layers + 1
+    trained_llm = {n for n, _ in grown.model.named_parameters() if n.startswith("llm.layers.")}
+    in_groups = {id(p) for g in grown.optimizer.param_groups for p in g["params"]}
+    assert all(id(p) in in_groups for p in grown.model.parameters())  # the new blocks train
+    assert len(trained_llm) > len([n for n, _ in plain.model.named_parameters()
+                                   if n.startswith("llm.layers.")])
+    losses = grown.train(steps=2, progress=False)
+    assert losses[0] == pytest.approx(plain.train(steps=1, progress=False)[0], rel=1e-5)
+    with pytest.raises(ValueError, match="grow_llm"):
+        Trainer(run_config(tmp_path / "grown", tokenizer_dir, init_from=str(tmp_path / "a"),
+                           grow_llm=2), resume=True)
+    resumed = Trainer(run_config(tmp_path / "grown", tokenizer_dir,
+                                 init_from=str(tmp_path / "a"), grow_llm=1), resume=True)
+    assert resumed.model.config.num_hidden_layers == layers + 1  # not grown a second time
+    resumed.train(progress=False)
+    reloaded = VideoMolmoPointer.from_pretrained(str(tmp_path / "grown"), max_new_tokens=5)
+    assert reloaded.model.config.num_hidden_layers == layers + 1
+    assert main(["--out", str(tmp_path / "cli"), "--preset", "tiny", "--tokenizer",
+                 tokenizer_dir, "--init-from", str(tmp_path / "a"), "--grow-llm",
+                 str(layers + 1), "--no-progress", "--steps", "1"]) == 2
+
+
 def test_conv_stem_and_readout_weight_settings_are_checked(tmp_path, tokenizer_dir):
     with pytest.raises(ValueError, match="keep_readouts"):
         run_config(tmp_path / "x", tokenizer_dir, readout_weights={"shape": 5.0})

@@ -111,6 +111,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, argparse
                    help="steps that the fresh training-only heads (--query-recall, "
                         "--keep-readouts) train alone, the model frozen, before step 1 "
                         "(TrainConfig.head_warmup); 0 = none")
+    p.add_argument("--grow-llm", type=int, default=t.grow_llm,
+                   help="with --init-from: that many more LLM blocks, each a copy of the one "
+                        "before it with its output projections at zero (TrainConfig.grow_llm)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
     if a.stop_after is not None and not 0 < a.stop_after <= a.steps:
@@ -145,7 +148,7 @@ def train_config(a: argparse.Namespace, data: DataConfig) -> TrainConfig:
         referent_map=a.referent_map,
         referent_layer=a.referent_layer, clip_by=a.clip_by, add_conv_stem=a.add_conv_stem,
         lr_stem=a.lr_stem, readout_weights=json_object(a.readout_weights, "--readout-weights"),
-        head_warmup=a.head_warmup)
+        head_warmup=a.head_warmup, grow_llm=a.grow_llm)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -76,6 +76,8 @@ def train_arguments(config: dict[str, Any], stop_after: int | None = None) -> li
         args += ["--readout-weights", _json(config["readout_weights"])]
     if config.get("head_warmup", 0):  # newer than the shipped recipe: only when used
         args += ["--head-warmup", repr(config["head_warmup"])]
+    if config.get("grow_llm", 0):  # newer than the shipped recipe: only when used
+        args += ["--grow-llm", repr(config["grow_llm"])]
     for flag, key in (("--data-seed", "seed"), ("--queries-per-frame", "queries_per_frame"),
                       ("--frames-per-scene", "frames_per_scene"), ("--interleave", "interleave"),
                       ("--history-frames", "history_frames"), ("--captions", "captions")):

@@ -54,6 +54,7 @@ from videomolmo_ros.model import loading
 from videomolmo_ros.model.config import VideoMolmoConfig
 from videomolmo_ros.model.temporal import TemporalModule
 from videomolmo_ros.model.videomolmo import VideoMolmoModel
+from videomolmo_ros.model.growth import deepen_llm
 from videomolmo_ros.model.vision import add_conv_stem
 from videomolmo_ros.train.dataset import (IGNORE_INDEX, Batch, DataConfig, PointingDataset,
                                           collate)
@@ -153,6 +154,11 @@ class TrainConfig:
     # that head (read-outs off), only to 0.653 without it, and scored 0.665 with both heads
     # warmed up (issue 4, twenty-second session). Not in the paper.
     head_warmup: int = 0
+    # With ``init_from``: give the started model's LLM this many more blocks
+    # (``growth.deepen_llm``: copies of the block before each, output projections at zero, so
+    # the grown model computes exactly what it did). Why: the 4-block LLM stops near point F1
+    # 0.65 whatever the recipe (issue 4, sessions 17-22). 0 = none. Not in the paper.
+    grow_llm: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.data, dict):
@@ -186,6 +192,11 @@ class TrainConfig:
         if self.head_warmup and not (self.query_recall > 0 or self.keep_readouts > 0):
             raise ValueError("head_warmup warms the training-only heads: it needs "
                              "query_recall > 0 or keep_readouts > 0")
+        if self.grow_llm < 0:
+            raise ValueError(f"grow_llm must be >= 0, got {self.grow_llm}")
+        if self.grow_llm and not self.init_from:
+            raise ValueError("grow_llm deepens a trained model's LLM: it needs init_from (a "
+                             "fresh model takes model_overrides num_hidden_layers)")
 
     @property
     def frames_per_step(self) -> int:
@@ -513,6 +524,8 @@ class Trainer:
                 if config.add_conv_stem:
                     add_conv_stem(self.model.vision_backbone.image_vit)
                 load_pretrained_vision(self.model, config.init_vision_from)
+            if checkpoint is None and config.grow_llm:
+                self.model = deepen_llm(self.model, config.grow_llm)
         else:
             self.tokenizer = (loading.load_tokenizer(config.tokenizer) if config.tokenizer
                               else build_tokenizer())
@@ -764,7 +777,7 @@ class Trainer:
         saved = {"query_recall": 0.0, "keep_readouts": 0.0, "referent_map": 0.0,
                  "motion_readout": 0.0,
                  "referent_layer": -1, "clip_by": "all", "add_conv_stem": False,
-                 "lr_stem": None, "readout_weights": {}, "head_warmup": 0,
+                 "lr_stem": None, "readout_weights": {}, "head_warmup": 0, "grow_llm": 0,
                  **state["config"]}  # older checkpoints lack these
         # ... and data fields added since (history_stride, kind_weights): their defaults are
         # what those runs did
@@ -773,7 +786,7 @@ class Trainer:
         fixed = ("data", "batch_frames", "grad_accum", "preset", "temporal", "model_overrides",
                  "seed", "init_from", "init_vision_from", "query_recall", "keep_readouts",
                  "referent_map", "motion_readout", "referent_layer", "clip_by",
-                 "add_conv_stem", "lr_stem", "readout_weights", "head_warmup")
+                 "add_conv_stem", "lr_stem", "readout_weights", "head_warmup", "grow_llm")
         changed = [k for k in fixed if saved.get(k) != mine.get(k)]
         if changed:
             raise ValueError(f"cannot resume {checkpoint}: the run changed {changed}")
