@@ -1,15 +1,19 @@
 """Held-out scoring: perfect answers score 1, empty answers score only the zero-count queries."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
+from videomolmo_ros.core.points import Point
 from videomolmo_ros.data.synthetic import SceneConfig, make_scene
 from videomolmo_ros.pointers.oracle import OraclePointer
-from videomolmo_ros.train.evaluate import (RandomPointer, evaluate_pointer, format_table,
-                                         keyframes, main, named_attributes,
-                                         nearest_object_hits, needs_motion, points_inside,
-                                         spatial_form)
+from videomolmo_ros.train.evaluate import (RandomPointer, contradicted_attributes,
+                                         evaluate_pointer, format_table, keyframes, main,
+                                         named_attributes, nearest_object, nearest_object_hits,
+                                         needs_motion, points_inside, spatial_form,
+                                         target_phrase)
 
 SCENE = {"width": 128, "height": 96, "num_frames": 10}
 
@@ -37,6 +41,60 @@ def test_nearest_object_hits_names_the_nearest_centre():
     assert [hit for hit, _ in hits] == [False, True]
     assert [d for _, d in hits] == pytest.approx([2.0, np.hypot(5, 3)])
     assert nearest_object_hits([(1.0, 1.0)], {}, [0]) == []
+
+
+def test_nearest_object_names_the_id_and_distance():
+    centres = {4: np.array([0.0, 0.0]), 7: np.array([10.0, 0.0])}
+    assert nearest_object(8.0, 0.0, centres) == (7, pytest.approx(2.0))
+    assert nearest_object(3.0, 4.0, centres) == (4, pytest.approx(5.0))
+
+
+def test_target_phrase_keeps_only_the_words_about_the_referent():
+    assert target_phrase("the star left of the red square") == "star"
+    assert target_phrase("the object above the blue star") == "object"
+    assert target_phrase("the large red circle below the dotted square") == "large red circle"
+    assert target_phrase("the leftmost red circle") == "red circle"
+    assert target_phrase("the striped star") == "striped star"
+
+
+def test_contradicted_attributes_names_the_words_an_object_lacks():
+    star = SimpleNamespace(color="blue", shape="star", size="small", texture="plain")
+    assert contradicted_attributes(star, "red star") == ["colour"]
+    assert contradicted_attributes(star, "blue stars") == []
+    assert contradicted_attributes(star, "object") == []
+    assert sorted(contradicted_attributes(star, "large striped red circle")) == [
+        "colour", "shape", "size", "texture"]
+
+
+class PointAt:
+    """Answers every query with one fixed point."""
+
+    history_frames = 0
+
+    def __init__(self, x: float, y: float) -> None:
+        self.xy = (x, y)
+
+    def encode(self, frame):
+        return None
+
+    def point(self, frame, features, history, queries):
+        return [[Point(*self.xy)] for _ in queries]
+
+
+def test_wrong_picks_of_attribute_queries_always_contradict_a_word():
+    """An attribute query describes its referent uniquely, so any other object the point lands
+    nearest to lacks one of its words: fits_words is 0. Spatial forms are summarised too."""
+    seeds = [11, 12, 13]
+    result = evaluate_pointer(PointAt(SCENE["width"] / 2, SCENE["height"] / 2), seeds, 2,
+                              scene=SCENE)
+    picks = result["attribute"]["wrong_picks"]
+    assert picks["points"] > 0 and picks["fits_words"] == 0.0
+    assert set(picks["contradicts"]) <= {"colour", "shape", "size", "texture"}
+    assert max(picks["contradicts"].values()) > 0
+    for form in result["spatial"]["by_form"].values():
+        summary = form["wrong_picks"]
+        assert summary["points"] == 0 or 0.0 <= summary["fits_words"] <= 1.0
+    assert "attribute wrong picks" in format_table(result)
 
 
 def test_points_inside_reads_the_pixel_under_each_point():

@@ -515,6 +515,7 @@ _SUPERLATIVES: dict[str, tuple[int, float]] = {  # sign*(other - target) > margi
 }
 _DESCRIPTORS: tuple[tuple[str, ...], ...] = ((), ("shape",), ("color",), ("color", "shape"))
 SUPERLATIVES: tuple[str, ...] = tuple(_SUPERLATIVES)  # "the leftmost circle"; else a relation
+RELATIONS: tuple[str, ...] = tuple(_REL_AXIS)  # "the star left of the red square"
 
 
 def _matches(obj: SceneObject, constraints: dict[str, str]) -> bool:

@@ -21,7 +21,12 @@ with black frames at the start, as the engine does). Scores, per query then aver
   shape, size, texture; a query naming two counts for both): which words the model binds to
   what it sees, and which it ignores; for spatial queries, F1 and ``nearest_referent`` per
   form (a superlative, "the leftmost circle", or a relation to an anchor, "the star left of
-  the red square").
+  the red square");
+* ``wrong_picks`` for attribute queries and per spatial form: of the points whose nearest
+  object is not the referent, the fraction whose object contradicts each attribute word of
+  the target's own phrase ("star" in "the star left of the red square"), and the fraction
+  that contradicts none (``fits_words``: for a spatial query, the relation or the extreme
+  was what failed). It tells a model that misreads words from one that misreads geometry.
 
 ``history="still"`` feeds the keyframe's own features as every history frame: the scene as if
 nothing had moved. A model whose motion answers come from its temporal module loses them there;
@@ -35,7 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Any, Sequence
 
 import numpy as np
@@ -44,8 +49,8 @@ from videomolmo_ros.core.metrics import (counting_metrics, point_in_mask,
                                          point_precision_recall_f1)
 from videomolmo_ros.core.points import Point
 from videomolmo_ros.core.schedule import history_indices
-from videomolmo_ros.data.synthetic import (COLORS, KINDS, SHAPES, SIZES, SUPERLATIVES, TEXTURES,
-                                           SceneConfig, make_scene)
+from videomolmo_ros.data.synthetic import (COLORS, KINDS, RELATIONS, SHAPES, SIZES, SUPERLATIVES,
+                                           TEXTURES, SceneConfig, make_scene)
 
 DEFAULT_EVAL_SEEDS = range(900_000, 900_000 + 10)  # held out: below the training seed range
 HISTORIES: tuple[str, ...] = ("video", "still")
@@ -69,20 +74,22 @@ class RandomPointer:
                 for _ in queries]
 
 
+def nearest_object(x: float, y: float, centres: dict[int, np.ndarray]) -> tuple[int, float]:
+    """The id of the object (id -> (x, y) centre) nearest to a point, and its distance."""
+    ids = list(centres)
+    distances = np.hypot(*(np.stack([centres[i] for i in ids]) - (x, y)).T)
+    nearest = int(np.argmin(distances))
+    return ids[nearest], float(distances[nearest])
+
+
 def nearest_object_hits(points: Sequence[tuple[float, float]], centres: dict[int, np.ndarray],
                         referents: Sequence[int]) -> list[tuple[bool, float]]:
     """Per point: (is the nearest of ``centres`` (object id -> (x, y)) a referent, distance to
     that nearest centre in pixels). Empty without centres."""
     if not centres:
         return []
-    ids = list(centres)
-    table = np.stack([centres[i] for i in ids])  # (N, 2)
-    out = []
-    for x, y in points:
-        distances = np.hypot(table[:, 0] - x, table[:, 1] - y)
-        nearest = int(np.argmin(distances))
-        out.append((ids[nearest] in referents, float(distances[nearest])))
-    return out
+    return [(oid in referents, distance)
+            for oid, distance in (nearest_object(x, y, centres) for x, y in points)]
 
 
 ATTRIBUTE_WORDS: dict[str, frozenset[str]] = {
@@ -99,6 +106,38 @@ def named_attributes(text: str) -> list[str]:
     """The attributes (``ATTRIBUTE_WORDS`` keys) whose words appear in a query."""
     words = set(text.lower().split())
     return [name for name, vocabulary in ATTRIBUTE_WORDS.items() if words & vocabulary]
+
+
+def target_phrase(text: str) -> str:
+    """The words that describe the referent itself: a relation's anchor ("... left of the red
+    square") and a superlative's word ("leftmost") dropped, the leading "the" too."""
+    words = text.lower().split()
+    phrase = " ".join(words[1:] if words[:1] == ["the"] else words)
+    for relation in RELATIONS:
+        phrase = phrase.split(f" {relation} ")[0]
+    return " ".join(w for w in phrase.split() if w not in SUPERLATIVES)
+
+
+def contradicted_attributes(obj: Any, phrase: str) -> list[str]:
+    """The attributes (``ATTRIBUTE_WORDS`` keys) whose word in ``phrase`` the object does not
+    have ("the red star" for a blue star: ["colour"])."""
+    values = {"colour": obj.color, "shape": obj.shape, "size": obj.size, "texture": obj.texture}
+    out = []
+    for word in phrase.lower().split():
+        for name, vocabulary in ATTRIBUTE_WORDS.items():
+            singular = word[:-1] if name == "shape" and word.endswith("s") else word
+            if word in vocabulary and singular != values[name] and name not in out:
+                out.append(name)
+    return out
+
+
+def _wrong_pick_summary(contradictions: Sequence[list[str]]) -> dict[str, Any]:
+    """{"points", "fits_words", "contradicts": {attribute: fraction}} over wrong picks."""
+    n = len(contradictions)
+    counts = Counter(name for names in contradictions for name in names)
+    return {"points": n,
+            "fits_words": float(np.mean([not names for names in contradictions])) if n else None,
+            "contradicts": {name: counts[name] / n for name in ATTRIBUTE_WORDS if counts[name]}}
 
 
 _APPEARANCE_WORDS = frozenset(COLORS) | frozenset(SHAPES)  # what motion phrases name
@@ -152,6 +191,7 @@ def evaluate_pointer(pointer: Any, seeds: Sequence[int] = DEFAULT_EVAL_SEEDS,
     by_word: dict[str, list[tuple[bool, float]]] = defaultdict(list)  # attribute queries
     by_form: dict[str, tuple[list, list]] = defaultdict(lambda: ([], []))  # spatial: scores, hits
     motion_only: list[tuple[float, float, float]] = []  # motion queries a frame cannot answer
+    wrong: dict[str, list[list[str]]] = defaultdict(list)  # attribute/form: contradicted words
     for seed in seeds:
         synthetic = make_scene(SceneConfig(**{**(scene or {}), "seed": int(seed)}))
         expressions = [e for e in synthetic.expressions if e.kind in kinds]
@@ -187,6 +227,12 @@ def evaluate_pointer(pointer: Any, seeds: Sequence[int] = DEFAULT_EVAL_SEEDS,
                             by_word[name] += hits
                     if form:
                         by_form[form][1].extend(hits)
+                    if expression.kind == "attribute" or form:
+                        phrase = target_phrase(expression.text)
+                        wrong[form or "attribute"] += [
+                            contradicted_attributes(
+                                synthetic.objects[nearest_object(x, y, centres)[0]], phrase)
+                            for (hit, _), (x, y) in zip(hits, xy) if not hit]
                 scores = point_precision_recall_f1(xy, [synthetic.masks[t, oid]
                                                         for oid in visible])
                 if form:
@@ -217,9 +263,11 @@ def evaluate_pointer(pointer: Any, seeds: Sequence[int] = DEFAULT_EVAL_SEEDS,
         if kind == "spatial":
             result[kind]["by_form"] = {
                 form: {"f1": float(np.asarray(form_scores)[:, 2].mean()),
-                       "queries": len(form_scores), **_nearest_summary(form_hits)}
+                       "queries": len(form_scores), **_nearest_summary(form_hits),
+                       "wrong_picks": _wrong_pick_summary(wrong[form])}
                 for form, (form_scores, form_hits) in sorted(by_form.items())}
         if kind == "attribute":
+            result[kind]["wrong_picks"] = _wrong_pick_summary(wrong["attribute"])
             result[kind]["nearest_referent_by_attribute"] = {
                 name: {**_nearest_summary(by_word[name]), "points": len(by_word[name])}
                 for name in ATTRIBUTE_WORDS if by_word[name]}
@@ -275,6 +323,13 @@ def format_table(result: dict[str, Any]) -> str:
             f"{form} F1 {v['f1']:.3f} NR "
             + (f"{v['nearest_referent']:.2f}" if v["nearest_referent"] is not None else "-")
             + f" ({v['queries']})" for form, v in forms.items()))
+    picks = [("attribute", result.get("attribute", {}).get("wrong_picks"))] + [
+        (f"spatial {form}", v.get("wrong_picks")) for form, v in (forms or {}).items()]
+    for name, summary in picks:
+        if summary and summary["points"]:
+            lines.append(f"{name} wrong picks ({summary['points']}): fit the target's words "
+                         f"{summary['fits_words']:.2f}, contradict " + (", ".join(
+                             f"{a} {f:.2f}" for a, f in summary["contradicts"].items()) or "-"))
     motion = result.get("motion", {}).get("needs_motion")
     if motion:
         lines.append(f"motion queries whose colour and shape words fit several objects: "
