@@ -157,7 +157,8 @@ class TrainConfig:
     # With ``init_from``: give the started model's LLM this many more blocks
     # (``growth.deepen_llm``: copies of the block before each, output projections at zero, so
     # the grown model computes exactly what it did). Why: the 4-block LLM stops near point F1
-    # 0.65 whatever the recipe (issue 4, sessions 17-22). 0 = none. Not in the paper.
+    # 0.65 whatever the recipe (issue 4, sessions 17-22); 4 more blocks did not move it
+    # (``N4``, 0.661, twenty-third session). 0 = none. Not in the paper.
     grow_llm: int = 0
 
     def __post_init__(self) -> None:
