@@ -52,9 +52,9 @@ import torch.nn.functional as F
 
 from videomolmo_ros.model import loading
 from videomolmo_ros.model.config import VideoMolmoConfig
+from videomolmo_ros.model.growth import deepen_llm
 from videomolmo_ros.model.temporal import TemporalModule
 from videomolmo_ros.model.videomolmo import VideoMolmoModel
-from videomolmo_ros.model.growth import deepen_llm
 from videomolmo_ros.model.vision import add_conv_stem
 from videomolmo_ros.train.dataset import (IGNORE_INDEX, Batch, DataConfig, PointingDataset,
                                           collate)
