@@ -97,6 +97,20 @@ def test_wrong_picks_of_attribute_queries_always_contradict_a_word():
     assert "attribute wrong picks" in format_table(result)
 
 
+def test_shape_queries_are_split_by_the_referents_size():
+    """Every point of an attribute query that names a shape is counted once, under its
+    referent's size; a pointer that always points at the centre picks by place, not shape."""
+    result = evaluate_pointer(PointAt(SCENE["width"] / 2, SCENE["height"] / 2), [11, 12, 13, 14],
+                              2, scene=SCENE)
+    attribute = result["attribute"]
+    by_size = attribute["shape_nr_by_size"]
+    assert set(by_size) <= {"small", "large"} and by_size
+    assert sum(v["points"] for v in by_size.values()) == \
+        attribute["nearest_referent_by_attribute"]["shape"]["points"]
+    assert all(0.0 <= v["nearest_referent"] <= 1.0 for v in by_size.values())
+    assert "NR by the referent's size" in format_table(result)
+
+
 def test_points_inside_reads_the_pixel_under_each_point():
     masks = np.zeros((2, 10, 20), bool)
     masks[0, 2:4, 5:8] = True
@@ -159,6 +173,8 @@ def test_oracle_scores_one():
     assert named and all(v["nearest_referent"] >= 0.9 and v["points"] > 0
                          for v in named.values())
     assert "attribute NR by what the query names" in format_table(result)
+    by_size = result["attribute"]["shape_nr_by_size"]
+    assert by_size and all(v["nearest_referent"] >= 0.9 for v in by_size.values())
     assert "counting" in format_table(result) and "NR" in format_table(result)
 
 

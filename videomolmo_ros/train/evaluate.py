@@ -19,7 +19,9 @@ with black frames at the start, as the engine does). Scores, per query then aver
   points land beside the right object; near 1: a miss means the wrong object was chosen);
 * for attribute queries, ``nearest_referent`` again per attribute the query names (colour,
   shape, size, texture; a query naming two counts for both): which words the model binds to
-  what it sees, and which it ignores; for spatial queries, F1 and ``nearest_referent`` per
+  what it sees, and which it ignores; ``shape_nr_by_size``, the same for the queries that
+  name a shape, split by the referent's size (a small object spans about one patch at 168 px:
+  is shape lost to resolution, or on large objects too?); for spatial queries, F1 and ``nearest_referent`` per
   form (a superlative, "the leftmost circle", or a relation to an anchor, "the star left of
   the red square");
 * ``wrong_picks`` for attribute queries and per spatial form: of the points whose nearest
@@ -189,6 +191,9 @@ def evaluate_pointer(pointer: Any, seeds: Sequence[int] = DEFAULT_EVAL_SEEDS,
     nearest: dict[str, list[tuple[bool, float]]] = defaultdict(list)
     placed: dict[str, list[bool]] = defaultdict(list)  # per NR point: inside a referent mask
     by_word: dict[str, list[tuple[bool, float]]] = defaultdict(list)  # attribute queries
+    # attribute queries that name a shape, by the referent's size: is shape misread only
+    # where an object spans about one patch (a resolution limit) or on large ones too?
+    shape_by_size: dict[str, list[tuple[bool, float]]] = defaultdict(list)
     by_form: dict[str, tuple[list, list]] = defaultdict(lambda: ([], []))  # spatial: scores, hits
     motion_only: list[tuple[float, float, float]] = []  # motion queries a frame cannot answer
     wrong: dict[str, list[list[str]]] = defaultdict(list)  # attribute/form: contradicted words
@@ -225,6 +230,8 @@ def evaluate_pointer(pointer: Any, seeds: Sequence[int] = DEFAULT_EVAL_SEEDS,
                     if expression.kind == "attribute":
                         for name in named_attributes(expression.text):
                             by_word[name] += hits
+                        if "shape" in named_attributes(expression.text):
+                            shape_by_size[synthetic.objects[visible[0]].size] += hits
                     if form:
                         by_form[form][1].extend(hits)
                     if expression.kind == "attribute" or form:
@@ -271,6 +278,9 @@ def evaluate_pointer(pointer: Any, seeds: Sequence[int] = DEFAULT_EVAL_SEEDS,
             result[kind]["nearest_referent_by_attribute"] = {
                 name: {**_nearest_summary(by_word[name]), "points": len(by_word[name])}
                 for name in ATTRIBUTE_WORDS if by_word[name]}
+            result[kind]["shape_nr_by_size"] = {
+                size: {**_nearest_summary(shape_by_size[size]), "points": len(shape_by_size[size])}
+                for size in SIZES if shape_by_size[size]}
         everything += scores
     if everything:
         array = np.asarray(everything)
@@ -317,6 +327,10 @@ def format_table(result: dict[str, Any]) -> str:
     if named:
         lines.append("attribute NR by what the query names: " + ", ".join(
             f"{name} {v['nearest_referent']:.2f} ({v['points']})" for name, v in named.items()))
+    by_size = result.get("attribute", {}).get("shape_nr_by_size")
+    if by_size:
+        lines.append("attribute queries naming a shape, NR by the referent's size: " + ", ".join(
+            f"{size} {v['nearest_referent']:.2f} ({v['points']})" for size, v in by_size.items()))
     forms = result.get("spatial", {}).get("by_form")
     if forms:
         lines.append("spatial by form: " + ", ".join(
