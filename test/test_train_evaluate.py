@@ -99,7 +99,7 @@ def test_wrong_picks_of_attribute_queries_always_contradict_a_word():
 
 def test_shape_queries_are_split_by_the_referents_size():
     """Every point of an attribute query that names a shape is counted once, under its
-    referent's size; a pointer that always points at the centre picks by place, not shape."""
+    referent's size (here a pointer that always answers the frame's centre)."""
     result = evaluate_pointer(PointAt(SCENE["width"] / 2, SCENE["height"] / 2), [11, 12, 13, 14],
                               2, scene=SCENE)
     attribute = result["attribute"]

@@ -20,10 +20,10 @@ with black frames at the start, as the engine does). Scores, per query then aver
 * for attribute queries, ``nearest_referent`` again per attribute the query names (colour,
   shape, size, texture; a query naming two counts for both): which words the model binds to
   what it sees, and which it ignores; ``shape_nr_by_size``, the same for the queries that
-  name a shape, split by the referent's size (a small object spans about one patch at 168 px:
-  is shape lost to resolution, or on large objects too?); for spatial queries, F1 and ``nearest_referent`` per
-  form (a superlative, "the leftmost circle", or a relation to an anchor, "the star left of
-  the red square");
+  name a shape, split by the referent's size (a small object spans about one patch at
+  168 px: is shape lost to resolution, or on large objects too?); for spatial queries, F1
+  and ``nearest_referent`` per form (a superlative, "the leftmost circle", or a relation to
+  an anchor, "the star left of the red square");
 * ``wrong_picks`` for attribute queries and per spatial form: of the points whose nearest
   object is not the referent, the fraction whose object contradicts each attribute word of
   the target's own phrase ("star" in "the star left of the red square"), and the fraction
@@ -228,9 +228,10 @@ def evaluate_pointer(pointer: Any, seeds: Sequence[int] = DEFAULT_EVAL_SEEDS,
                     inside = points_inside(xy, synthetic.masks[t, visible])
                     placed[expression.kind] += [on for (hit, _), on in zip(hits, inside) if hit]
                     if expression.kind == "attribute":
-                        for name in named_attributes(expression.text):
+                        named = named_attributes(expression.text)
+                        for name in named:
                             by_word[name] += hits
-                        if "shape" in named_attributes(expression.text):
+                        if "shape" in named:  # one referent: a unique description
                             shape_by_size[synthetic.objects[visible[0]].size] += hits
                     if form:
                         by_form[form][1].extend(hits)
