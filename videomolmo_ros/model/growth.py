@@ -4,10 +4,11 @@ Why: the project's small model stops improving near point F1 0.65 whatever its r
 sessions 17-22), and its LLM (4 Qwen2 blocks) was a suspect: it has to compose a query with what
 it sees ("the star left of the red square"). Growing it in place keeps the training already
 done. (Measured in the twenty-third session: 4 more blocks and 1,500 steps scored level with the
-4-block model, 0.661 against 0.661; its errors are shapes misread, not relations.) The new blocks are copies of the block before them with their two output
-projections (attention ``o_proj``, MLP ``down_proj``) at zero, so each adds nothing to the
-residual stream at first and the grown model scores exactly what it did; the copies' other
-weights give the new blocks attention patterns and features that already mean something
+4-block model, 0.661 against 0.661; its errors are shapes misread, not relations.) The new
+blocks are copies of the block before them with their two output projections (attention
+``o_proj``, MLP ``down_proj``) at zero, so each adds nothing to the residual stream at first
+and the grown model scores exactly what it did; the copies' other weights give the new blocks
+attention patterns and features that already mean something
 (block expansion, as in LLaMA Pro: Wu et al. 2024, arXiv:2401.02415). Not in the VideoMolmo
 paper; no library provides it for Qwen2 blocks, hence this module.
 """

@@ -276,12 +276,9 @@ def evaluate_pointer(pointer: Any, seeds: Sequence[int] = DEFAULT_EVAL_SEEDS,
                 for form, (form_scores, form_hits) in sorted(by_form.items())}
         if kind == "attribute":
             result[kind]["wrong_picks"] = _wrong_pick_summary(wrong["attribute"])
-            result[kind]["nearest_referent_by_attribute"] = {
-                name: {**_nearest_summary(by_word[name]), "points": len(by_word[name])}
-                for name in ATTRIBUTE_WORDS if by_word[name]}
-            result[kind]["shape_nr_by_size"] = {
-                size: {**_nearest_summary(shape_by_size[size]), "points": len(shape_by_size[size])}
-                for size in SIZES if shape_by_size[size]}
+            result[kind]["nearest_referent_by_attribute"] = _grouped_summary(
+                by_word, ATTRIBUTE_WORDS)
+            result[kind]["shape_nr_by_size"] = _grouped_summary(shape_by_size, SIZES)
         everything += scores
     if everything:
         array = np.asarray(everything)
@@ -308,6 +305,20 @@ def _nearest_summary(hits: Sequence[tuple[bool, float]],
     return summary
 
 
+def _grouped_summary(hits: dict[str, list[tuple[bool, float]]],
+                     groups: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``_nearest_summary`` and the number of points of each group that has points, in the
+    order of ``groups``."""
+    return {group: {**_nearest_summary(hits[group]), "points": len(hits[group])}
+            for group in groups if hits[group]}
+
+
+def _grouped_nr(groups: dict[str, dict[str, Any]]) -> str:
+    """'name NR (points), ...' for the table."""
+    return ", ".join(f"{name} {v['nearest_referent']:.2f} ({v['points']})"
+                     for name, v in groups.items())
+
+
 def format_table(result: dict[str, Any]) -> str:
     """A plain-text table of ``evaluate_pointer``'s result (NR: nearest_referent, in|NR:
     inside_given_nr, err: error_px)."""
@@ -326,12 +337,11 @@ def format_table(result: dict[str, Any]) -> str:
                      f"{r['f1']:>6.3f} {ema:>6} {mae:>6} {near:>6} {placed:>6} {error:>6}")
     named = result.get("attribute", {}).get("nearest_referent_by_attribute")
     if named:
-        lines.append("attribute NR by what the query names: " + ", ".join(
-            f"{name} {v['nearest_referent']:.2f} ({v['points']})" for name, v in named.items()))
+        lines.append("attribute NR by what the query names: " + _grouped_nr(named))
     by_size = result.get("attribute", {}).get("shape_nr_by_size")
     if by_size:
-        lines.append("attribute queries naming a shape, NR by the referent's size: " + ", ".join(
-            f"{size} {v['nearest_referent']:.2f} ({v['points']})" for size, v in by_size.items()))
+        lines.append("attribute queries naming a shape, NR by the referent's size: "
+                     + _grouped_nr(by_size))
     forms = result.get("spatial", {}).get("by_form")
     if forms:
         lines.append("spatial by form: " + ", ".join(
