@@ -78,7 +78,7 @@ def test_train_command_parses_back_to_its_config(config):
                                    curriculum_steps=2, geometry_weight=0.0,
                                    schedule="constant"),
     vision_pretrain.PretrainConfig(output_dir="out/s", init_from="out/model", add_conv_stem=True,
-                                   trainable="stem")])
+                                   trainable="stem", keep_tokens=2.5)])
 def test_vision_pretrain_command_parses_back_to_its_config(config):
     saved = as_saved(config)
     command = " ".join([reproduce.VISION_PRETRAIN] + [shlex.quote(a) for a in

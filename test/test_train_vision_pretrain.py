@@ -336,12 +336,57 @@ def test_a_stage_0_from_a_trained_model_trains_its_conv_branch_alone_and_the_mod
             torch.testing.assert_close(value, llm[name])
 
 
+def _tiny_trained_model(tmp_path):
+    tokenizer_dir = tmp_path / "tokenizer"
+    small_tokenizer().save_pretrained(str(tokenizer_dir))
+    base = tmp_path / "base"
+    Trainer(TrainConfig(output_dir=str(base), preset="tiny", data=tiny_data(), steps=1,
+                        batch_frames=1, grad_accum=1, tokenizer=str(tokenizer_dir))).train()
+    return base
+
+
+def test_keep_tokens_holds_the_image_tokens_near_the_starting_models(tmp_path):
+    from videomolmo_ros.model import loading
+    from videomolmo_ros.model.vision import add_conv_stem
+    from videomolmo_ros.train.vision_pretrain import (FrameStream, VisionPretrainer,
+                                                     frozen_reference)
+
+    base = _tiny_trained_model(tmp_path)
+    model = loading.load_videomolmo(str(base))
+    add_conv_stem(model.vision_backbone.image_vit)
+    # The branch adds nothing yet, so the reference leaves it out and gives the same tokens.
+    reference = frozen_reference(model.vision_backbone)
+    assert reference.image_vit.conv_stem is None
+    assert not any(p.requires_grad for p in reference.parameters())
+    crops, _ = FrameStream(dict(TINY_SCENE), 2, 0, model.config).frames(0, 2)
+    pretrainer = VisionPretrainer(model.config, backbone=model.vision_backbone, keep_tokens=1.0)
+    _, tokens = pretrainer(crops)
+    assert float(pretrainer.token_drift(crops, tokens).detach()) == pytest.approx(0.0, abs=1e-10)
+    pretrainer.train()
+    assert not pretrainer.reference.training  # a fixed target in every mode
+
+    def drift(keep: float) -> float:
+        out = tmp_path / f"keep{keep}"
+        scores = pretrain(PretrainConfig(
+            output_dir=str(out), init_from=str(base), add_conv_stem=True, trainable="stem",
+            scene=dict(TINY_SCENE), steps=6, frames_per_step=2, frames_per_scene=2,
+            held_out_scenes=1, lr=3e-2, warmup_steps=0, keep_tokens=keep), progress=False)
+        logged = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+        assert logged[0]["token_drift"] == pytest.approx(0.0, abs=1e-10)  # zero branch at first
+        assert logged[-1]["token_drift"] > 0  # the branch learnt and moved the tokens
+        return scores["token_drift"]
+
+    assert drift(1000.0) < 0.5 * drift(1e-6)  # measured: 0.004 against 0.06
+
+
 @pytest.mark.parametrize("overrides, message", [
     ({"add_conv_stem": True}, "adds the branch to a trained model"),
     ({"trainable": "stem"}, "trains the conv branch that add_conv_stem adds"),
     ({"trainable": "head"}, "trainable must be one of all, stem"),
     ({"init_from": "some/model", "preset": "tiny"}, "uses that model's config"),
-    ({"init_from": "some/model", "model_overrides": {"hidden_size": 8}}, "uses that model's")])
+    ({"init_from": "some/model", "model_overrides": {"hidden_size": 8}}, "uses that model's"),
+    ({"keep_tokens": 1.0}, "keeps a trained model's tokens"),
+    ({"init_from": "some/model", "keep_tokens": -1.0}, "keep_tokens must be >= 0")])
 def test_an_inconsistent_start_is_refused_before_anything_is_written(tmp_path, capsys,
                                                                       overrides, message):
     out = tmp_path / "never"

@@ -140,6 +140,8 @@ def vision_pretrain_arguments(config: dict[str, Any]) -> list[str]:
         args.append("--add-conv-stem")
     if config.get("trainable", defaults.trainable) != defaults.trainable:
         args += ["--trainable", config["trainable"]]
+    if config.get("keep_tokens"):
+        args += ["--keep-tokens", repr(config["keep_tokens"])]
     return args
 
 

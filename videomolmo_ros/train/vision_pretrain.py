@@ -22,6 +22,7 @@ CLI: ``python -m videomolmo_ros.train.vision_pretrain --out DIR --steps N`` writ
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import functools
 import json
@@ -280,6 +281,12 @@ class PretrainConfig:
     init_from: str | None = None
     add_conv_stem: bool = False
     trainable: str = "all"
+    # With ``init_from``: the weight of the image tokens' drift from the starting model's
+    # (``VisionPretrainer.token_drift``). Why: a branch trained for shape alone moved the tokens
+    # the LLM had learnt to place points from, and the pointing stage after it placed them
+    # worse (``HI22``, README, twenty-first session); this keeps the tokens where they were
+    # while shape is added to them.
+    keep_tokens: float = 0.0
 
 
 class FrameStream:
@@ -329,9 +336,11 @@ class VisionPretrainer(nn.Module):
     def __init__(self, model_config: VideoMolmoConfig, seed: int = 0,
                  object_attributes: bool = False,
                  attribute_weights: dict[str, float] | None = None,
-                 geometry_weight: float = 1.0, backbone: nn.Module | None = None) -> None:
+                 geometry_weight: float = 1.0, backbone: nn.Module | None = None,
+                 keep_tokens: float = 0.0) -> None:
         """backbone: a trained model's ``vision_backbone`` to start from (default: a fresh
-        one of ``model_config``)."""
+        one of ``model_config``); keep_tokens > 0 (with a backbone): the weight of the
+        tokens' drift from what that backbone gives now (a frozen copy is kept)."""
         super().__init__()
         from videomolmo_ros.model.videomolmo import VideoMolmoModel
         from videomolmo_ros.train.trainer import init_connector, init_positions
@@ -348,6 +357,16 @@ class VisionPretrainer(nn.Module):
                                       attribute_weights, geometry_weight=geometry_weight)
         self.token_heads = DenseHeads(model_config.hidden_size, object_attributes,
                                       attribute_weights, geometry_weight=geometry_weight)
+        if keep_tokens < 0:
+            raise ValueError(f"keep_tokens must be >= 0, got {keep_tokens}")
+        self.keep_tokens = float(keep_tokens)
+        self.reference = frozen_reference(self.backbone) if keep_tokens > 0 else None
+
+    def train(self, mode: bool = True) -> "VisionPretrainer":
+        super().train(mode)
+        if self.reference is not None:
+            self.reference.eval()  # a fixed target, whatever mode the rest is in
+        return self
 
     def forward(self, crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """crops (B, T, P, D) -> patch features (B, T, P, C), image embeddings (B, T, K, d)."""
@@ -361,20 +380,48 @@ class VisionPretrainer(nn.Module):
         token_loss, token_terms = self.token_heads.losses(tokens, targets.tokens)
         terms = {**{f"patch_{k}": v for k, v in patch_terms.items()},
                  **{f"token_{k}": v for k, v in token_terms.items()}}
-        return patch_loss + token_loss, terms
+        loss = patch_loss + token_loss
+        if self.reference is not None:
+            drift = self.token_drift(crops, tokens)
+            terms["token_drift"] = float(drift.detach())
+            loss = loss + self.keep_tokens * drift
+        return loss, terms
+
+    def token_drift(self, crops: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """The tokens' mean squared distance from the reference's, relative to the reference
+        tokens' mean square (0: unchanged; 1: as far as the tokens are from zero)."""
+        with torch.no_grad():
+            reference = self.reference.image_embeddings(self.reference.encode(crops), None)
+        return (tokens - reference).pow(2).mean() / reference.pow(2).mean().clamp_min(1e-12)
 
     @torch.no_grad()
     def scores(self, crops: torch.Tensor, targets: FrameTargets) -> dict[str, float]:
         features, tokens = self(crops)
-        return {**{f"patch_{k}": v for k, v in self.patch_heads.scores(
-                    features, targets.patches).items()},
-                **{f"token_{k}": v for k, v in self.token_heads.scores(
-                    tokens, targets.tokens).items()}}
+        scores = {**{f"patch_{k}": v for k, v in self.patch_heads.scores(
+                      features, targets.patches).items()},
+                  **{f"token_{k}": v for k, v in self.token_heads.scores(
+                      tokens, targets.tokens).items()}}
+        if self.reference is not None:
+            scores["token_drift"] = float(self.token_drift(crops, tokens))
+        return scores
 
     def vision_state_dict(self) -> dict[str, torch.Tensor]:
         """The trained vision side, named as in ``VideoMolmoModel`` (``vision_backbone.*``)."""
         return {VISION_PREFIX + k: v.detach().contiguous()
                 for k, v in self.backbone.state_dict().items()}
+
+
+def frozen_reference(backbone: nn.Module) -> nn.Module:
+    """A frozen copy of ``backbone`` that gives the tokens it gives now. A conv branch whose
+    output layer is still zero adds nothing, so the copy leaves it out (it is the costliest
+    part: its convolutions run at full resolution)."""
+    reference = copy.deepcopy(backbone).eval()
+    for parameter in reference.parameters():
+        parameter.requires_grad_(False)
+    stem = reference.image_vit.conv_stem
+    if stem is not None and not any(p.any() for p in stem.linear.parameters()):
+        reference.image_vit.conv_stem = None
+    return reference
 
 
 def pretrain(config: PretrainConfig, progress: bool = True) -> dict[str, float]:
@@ -392,7 +439,7 @@ def pretrain(config: PretrainConfig, progress: bool = True) -> dict[str, float]:
     out.mkdir(parents=True, exist_ok=True)
     model = VisionPretrainer(model_config, config.seed, config.object_attributes,
                              config.attribute_weights, config.geometry_weight,
-                             backbone=backbone).train()
+                             backbone=backbone, keep_tokens=config.keep_tokens).train()
     if config.trainable == "stem":
         for parameter in model.backbone.parameters():
             parameter.requires_grad_(False)
@@ -468,6 +515,11 @@ def check_start(config: PretrainConfig) -> None:
                          '{"vision_backbone": {"image_patch_embedding": "linear+conv"}}')
     if config.trainable == "stem" and not config.add_conv_stem:
         raise ValueError('trainable="stem" trains the conv branch that add_conv_stem adds')
+    if config.keep_tokens < 0:
+        raise ValueError(f"keep_tokens must be >= 0, not {config.keep_tokens}")
+    if config.keep_tokens and not config.init_from:
+        raise ValueError("keep_tokens keeps a trained model's tokens (init_from); a fresh "
+                         "model has none worth keeping")
 
 
 class StartError(ValueError):
@@ -544,6 +596,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[PretrainConfig, argpa
                    help="give that model's ViT the conv branch, its output layer at zero")
     p.add_argument("--trainable", choices=TRAINABLE, default=defaults.trainable,
                    help="train everything, or the conv branch alone")
+    p.add_argument("--keep-tokens", type=float, default=defaults.keep_tokens,
+                   help="weight of the image tokens' drift from the starting model's "
+                        "(with --init-from)")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     try:
@@ -571,7 +626,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[PretrainConfig, argpa
                             curriculum_steps=a.curriculum_steps,
                             geometry_weight=a.geometry_weight, schedule=a.schedule,
                             init_from=a.init_from, add_conv_stem=a.add_conv_stem,
-                            trainable=a.trainable)
+                            trainable=a.trainable, keep_tokens=a.keep_tokens)
     try:
         check_start(config)
     except ValueError as error:
