@@ -297,6 +297,16 @@ def test_an_unknown_schedule_is_refused(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+def _tiny_trained_model(tmp_path):
+    """A tiny model after one pointing step, saved in the release layout: a start for stage 0."""
+    tokenizer_dir = tmp_path / "tokenizer"
+    small_tokenizer().save_pretrained(str(tokenizer_dir))
+    base = tmp_path / "base"
+    Trainer(TrainConfig(output_dir=str(base), preset="tiny", data=tiny_data(), steps=1,
+                        batch_frames=1, grad_accum=1, tokenizer=str(tokenizer_dir))).train()
+    return base
+
+
 def test_a_stage_0_from_a_trained_model_trains_its_conv_branch_alone_and_the_model_takes_it(
         tmp_path):
     from safetensors.torch import load_file
@@ -304,11 +314,7 @@ def test_a_stage_0_from_a_trained_model_trains_its_conv_branch_alone_and_the_mod
     from videomolmo_ros.model import loading
     from videomolmo_ros.train.vision_pretrain import VISION_PREFIX
 
-    tokenizer_dir = tmp_path / "tokenizer"
-    small_tokenizer().save_pretrained(str(tokenizer_dir))
-    base = tmp_path / "base"
-    Trainer(TrainConfig(output_dir=str(base), preset="tiny", data=tiny_data(), steps=1,
-                        batch_frames=1, grad_accum=1, tokenizer=str(tokenizer_dir))).train()
+    base = _tiny_trained_model(tmp_path)
     stem = tmp_path / "stem"
     pretrain(PretrainConfig(output_dir=str(stem), init_from=str(base), add_conv_stem=True,
                             trainable="stem", scene=dict(TINY_SCENE), steps=3, frames_per_step=2,
@@ -334,15 +340,6 @@ def test_a_stage_0_from_a_trained_model_trains_its_conv_branch_alone_and_the_mod
     for name, value in trainer.model.state_dict().items():
         if not name.startswith(VISION_PREFIX):
             torch.testing.assert_close(value, llm[name])
-
-
-def _tiny_trained_model(tmp_path):
-    tokenizer_dir = tmp_path / "tokenizer"
-    small_tokenizer().save_pretrained(str(tokenizer_dir))
-    base = tmp_path / "base"
-    Trainer(TrainConfig(output_dir=str(base), preset="tiny", data=tiny_data(), steps=1,
-                        batch_frames=1, grad_accum=1, tokenizer=str(tokenizer_dir))).train()
-    return base
 
 
 def test_keep_tokens_holds_the_image_tokens_near_the_starting_models(tmp_path):
