@@ -176,22 +176,51 @@ def test_conv_patch_embedding_variant_round_trips() -> None:
         VideoMolmoConfig.tiny(vision_backbone={"image_patch_embedding": "cnn"})
 
 
-def test_linear_plus_conv_variant_round_trips_and_adds_nothing_at_zero() -> None:
-    """image_patch_embedding "linear+conv" (not in the release): a linear model given the branch
-    by ``add_conv_stem`` computes what it did; trained, it saves and loads back exactly."""
+@pytest.mark.parametrize("at, embedding", [("embedding", "linear+conv"),
+                                           ("features", "linear+conv-features")])
+def test_linear_plus_conv_variant_round_trips_and_adds_nothing_at_zero(at: str,
+                                                                       embedding: str) -> None:
+    """The conv branch (not in the release), at the patch embedding or at the ViT's output
+    features: a linear model given it by ``add_conv_stem`` computes what it did; trained, it
+    saves and loads back exactly."""
     torch.manual_seed(3)
     model = VideoMolmoModel(VideoMolmoConfig.tiny()).eval()
     before = logits(model)
-    assert add_conv_stem(model.vision_backbone.image_vit)
-    assert not add_conv_stem(model.vision_backbone.image_vit)  # already there: unchanged
+    assert add_conv_stem(model.vision_backbone.image_vit, at)
+    assert not add_conv_stem(model.vision_backbone.image_vit, at)  # already there: unchanged
     assert torch.equal(logits(model), before)
     torch.nn.init.normal_(model.vision_backbone.image_vit.conv_stem.linear.weight, std=0.5)
     changed = logits(model)
     assert not torch.equal(changed, before)
-    names, loaded = saved_and_loaded(model, "linear+conv")
+    names, loaded = saved_and_loaded(model, embedding)
     assert any(".conv_stem.stem." in name for name in names)
     assert any(name.endswith("image_vit.patch_embedding.weight") for name in names)
     assert torch.equal(logits(loaded), changed)
+
+
+def test_a_conv_branch_at_the_features_leaves_the_vits_blocks_as_they_were() -> None:
+    """"linear+conv-features" adds the branch after the blocks: every block computes what it
+    did, and the features differ from the linear model's by the branch's output alone. The
+    branch goes in one place: asking for the other is refused, as is an unknown place."""
+    torch.manual_seed(4)
+    model = VideoMolmoModel(VideoMolmoConfig.tiny()).eval()
+    vit = model.vision_backbone.image_vit
+    patches = torch.randn(2, vit.config.vision_backbone.image_num_patch[0] ** 2,
+                          vit.config.vision_backbone.image_patch_size ** 2 * 3)
+    with torch.no_grad():
+        blocks_before, features_before = vit(patches), vit.patch_features(patches)
+        add_conv_stem(vit, "features")
+        torch.nn.init.normal_(vit.conv_stem.linear.weight, std=0.5)
+        for before, after in zip(blocks_before, vit(patches)):
+            assert torch.equal(before, after)
+        added = vit.patch_features(patches) - features_before
+        assert added.abs().max() > 0
+        assert torch.allclose(added, vit.conv_stem(patches), atol=1e-5)
+    with pytest.raises(ValueError, match="not to 'linear\\+conv-features'"):
+        add_conv_stem(vit, "embedding")
+    with pytest.raises(ValueError, match="goes at one of embedding, features"):
+        add_conv_stem(VideoMolmoModel(VideoMolmoConfig.tiny()).vision_backbone.image_vit,
+                      "pooling")
 
 
 def test_bf16_loading(model: VideoMolmoModel, checkpoint: str) -> None:

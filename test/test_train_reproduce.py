@@ -59,7 +59,8 @@ STEM_TRAIN = TrainConfig(output_dir="out/c", init_from="out/b", add_conv_stem=Tr
 
 
 @pytest.mark.parametrize("config", [TrainConfig(output_dir="out/plain"), UNUSUAL_TRAIN,
-                                    TEMPORAL_TRAIN, STEM_TRAIN])
+                                    TEMPORAL_TRAIN, STEM_TRAIN,
+                                    dataclasses.replace(STEM_TRAIN, conv_stem_at="features")])
 def test_train_command_parses_back_to_its_config(config):
     saved = as_saved(config)
     command = " ".join([reproduce.TRAIN] + [shlex.quote(a) for a in
@@ -78,7 +79,9 @@ def test_train_command_parses_back_to_its_config(config):
                                    curriculum_steps=2, geometry_weight=0.0,
                                    schedule="constant"),
     vision_pretrain.PretrainConfig(output_dir="out/s", init_from="out/model", add_conv_stem=True,
-                                   trainable="stem", keep_tokens=2.5)])
+                                   trainable="stem", keep_tokens=2.5),
+    vision_pretrain.PretrainConfig(output_dir="out/s", init_from="out/model", add_conv_stem=True,
+                                   conv_stem_at="features", trainable="stem")])
 def test_vision_pretrain_command_parses_back_to_its_config(config):
     saved = as_saved(config)
     command = " ".join([reproduce.VISION_PRETRAIN] + [shlex.quote(a) for a in

@@ -493,18 +493,22 @@ def test_motion_readout_reads_the_owner_motion_and_needs_the_temporal_module(tmp
                              motion_readout=1.0)
 
 
-def test_add_conv_stem_starts_where_the_linear_model_was_and_learns(tmp_path, tokenizer_dir):
-    """--add-conv-stem on a trained linear model: same weights, same image features at step 0
-    (the branch's output layer is zero), the branch trained at its own rate, saved and loaded
-    back as "linear+conv"; a later stage keeps the trained branch."""
+@pytest.mark.parametrize("at, embedding", [("embedding", "linear+conv"),
+                                           ("features", "linear+conv-features")])
+def test_add_conv_stem_starts_where_the_linear_model_was_and_learns(tmp_path, tokenizer_dir,
+                                                                    at, embedding):
+    """--add-conv-stem (at the embedding or at the features) on a trained linear model: same
+    weights, same image features at step 0 (the branch's output layer is zero), the branch
+    trained at its own rate, saved and loaded back with its embedding; a later stage keeps
+    the trained branch."""
     first = Trainer(run_config(tmp_path / "a", tokenizer_dir, steps=1))
     first.train(progress=False)
     stem_run = Trainer(run_config(tmp_path / "b", tokenizer_dir, steps=2,
                                   init_from=str(tmp_path / "a"), add_conv_stem=True,
-                                  lr_stem=1e-2, keep_readouts=0.5,
+                                  conv_stem_at=at, lr_stem=1e-2, keep_readouts=0.5,
                                   readout_weights={"shape": 5.0}))
     vit = stem_run.model.vision_backbone.image_vit
-    assert stem_run.model.config.vision_backbone.image_patch_embedding == "linear+conv"
+    assert stem_run.model.config.vision_backbone.image_patch_embedding == embedding
     assert not vit.conv_stem.linear.weight.any() and not vit.conv_stem.linear.bias.any()
     a, b = first.model.state_dict(), stem_run.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -521,12 +525,13 @@ def test_add_conv_stem_starts_where_the_linear_model_was_and_learns(tmp_path, to
     assert vit.conv_stem.linear.weight.any()  # the branch now adds something
     assert not torch.equal(vit.conv_stem.stem[0].weight, conv_before)
     reloaded = VideoMolmoPointer.from_pretrained(str(tmp_path / "b"), max_new_tokens=5)
-    assert reloaded.model.config.vision_backbone.image_patch_embedding == "linear+conv"
+    assert reloaded.model.config.vision_backbone.image_patch_embedding == embedding
     trained = stem_run.model.eval().state_dict()
     assert all(torch.equal(trained[k], v) for k, v in reloaded.model.state_dict().items())
     # a later stage from it, asking again, keeps the trained branch
     later = Trainer(run_config(tmp_path / "c", tokenizer_dir, steps=1,
-                               init_from=str(tmp_path / "b"), add_conv_stem=True))
+                               init_from=str(tmp_path / "b"), add_conv_stem=True,
+                               conv_stem_at=at))
     assert all(torch.equal(trained[k], v) for k, v in later.model.state_dict().items())
 
 

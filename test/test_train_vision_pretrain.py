@@ -307,8 +307,10 @@ def _tiny_trained_model(tmp_path):
     return base
 
 
+@pytest.mark.parametrize("at, embedding", [("embedding", "linear+conv"),
+                                           ("features", "linear+conv-features")])
 def test_a_stage_0_from_a_trained_model_trains_its_conv_branch_alone_and_the_model_takes_it(
-        tmp_path):
+        tmp_path, at, embedding):
     from safetensors.torch import load_file
 
     from videomolmo_ros.model import loading
@@ -317,7 +319,8 @@ def test_a_stage_0_from_a_trained_model_trains_its_conv_branch_alone_and_the_mod
     base = _tiny_trained_model(tmp_path)
     stem = tmp_path / "stem"
     pretrain(PretrainConfig(output_dir=str(stem), init_from=str(base), add_conv_stem=True,
-                            trainable="stem", scene=dict(TINY_SCENE), steps=3, frames_per_step=2,
+                            conv_stem_at=at, trainable="stem", scene=dict(TINY_SCENE), steps=3,
+                            frames_per_step=2,
                             frames_per_scene=2, held_out_scenes=1, lr=1e-2, warmup_steps=0),
              progress=False)
     saved = load_file(str(stem / WEIGHTS_NAME))
@@ -327,12 +330,12 @@ def test_a_stage_0_from_a_trained_model_trains_its_conv_branch_alone_and_the_mod
     for name in set(saved) - branch:  # everything the model's LLM reads is as it was
         torch.testing.assert_close(saved[name], before[name[len(VISION_PREFIX):]])
     recipe = json.loads((stem / "vision_pretrain.json").read_text())
-    assert recipe["model_config"]["vision_backbone"]["image_patch_embedding"] == "linear+conv"
+    assert recipe["model_config"]["vision_backbone"]["image_patch_embedding"] == embedding
 
     # The next pointing stage: the model's LLM, the stage 0's vision side.
     trainer = Trainer(TrainConfig(output_dir=str(tmp_path / "run"), data=tiny_data(), steps=1,
                                   init_from=str(base), init_vision_from=str(stem),
-                                  add_conv_stem=True))
+                                  add_conv_stem=True, conv_stem_at=at))
     vision = trainer.model.vision_backbone.state_dict()
     for name, value in saved.items():
         torch.testing.assert_close(vision[name[len(VISION_PREFIX):]], value)
@@ -380,6 +383,8 @@ def test_keep_tokens_holds_the_image_tokens_near_the_starting_models(tmp_path):
     ({"add_conv_stem": True}, "adds the branch to a trained model"),
     ({"trainable": "stem"}, "trains the conv branch that add_conv_stem adds"),
     ({"trainable": "head"}, "trainable must be one of all, stem"),
+    ({"init_from": "some/model", "add_conv_stem": True, "conv_stem_at": "pooling"},
+     "conv_stem_at must be one of embedding, features"),
     ({"init_from": "some/model", "preset": "tiny"}, "uses that model's config"),
     ({"init_from": "some/model", "model_overrides": {"hidden_size": 8}}, "uses that model's"),
     ({"keep_tokens": 1.0}, "keeps a trained model's tokens"),

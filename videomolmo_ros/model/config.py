@@ -33,7 +33,7 @@ _IGNORED_BY_RELEASE = frozenset({"weight_tying", "clip_qkv", "use_position_ids"}
 
 
 # How pixels become patch vectors (``VisionBackboneConfig.image_patch_embedding``).
-PATCH_EMBEDDINGS = ("linear", "conv", "linear+conv")
+PATCH_EMBEDDINGS = ("linear", "conv", "linear+conv", "linear+conv-features")
 
 
 @dataclass
@@ -70,6 +70,10 @@ class VisionBackboneConfig:
     # second branch, added (``VisionTransformer.conv_stem``). Why: a model trained with the
     # linear one gains the branch with its output layer at zero (``add_conv_stem``), so it
     # starts exactly where it was and can still learn shape, without a retrain from scratch.
+    # "linear+conv-features" (not in the release): the same branch added to the ViT's output
+    # features (the concatenated layers) instead of its input. Why: added at the input, the
+    # branch changes what every block computes, and the LLM placed its points less precisely
+    # (README, twenty-fifth session); added after the blocks, the ViT is left as it was.
     image_patch_embedding: str = "linear"
 
     def __post_init__(self) -> None:

@@ -69,23 +69,34 @@ class ConvPatchEmbedding(nn.Module):
         return self.linear(pooled.flatten(2).transpose(1, 2))
 
 
-def add_conv_stem(vit: "VisionTransformer") -> bool:
+# Where ``add_conv_stem`` puts the branch -> the ``image_patch_embedding`` that says so.
+CONV_STEM_PLACES = {"embedding": "linear+conv", "features": "linear+conv-features"}
+
+
+def add_conv_stem(vit: "VisionTransformer", at: str = "embedding") -> bool:
     """Give a ViT with the linear patch embedding a conv branch (``ConvPatchEmbedding``)
     whose output layer is zero: the model computes exactly what it did, and the branch
-    grows from there. Sets the config to "linear+conv"; returns False (and changes
-    nothing) when the ViT already has the branch; ValueError for the "conv" embedding."""
+    grows from there. ``at``: "embedding" adds it to the patch embedding (before the blocks),
+    "features" to the output features (after them). Sets the config's embedding; returns
+    False (and changes nothing) when the ViT already has that branch; ValueError for any
+    other embedding."""
+    if at not in CONV_STEM_PLACES:
+        raise ValueError(f"the conv branch goes at one of {', '.join(CONV_STEM_PLACES)}, "
+                         f"not {at!r}")
     vision = vit.config.vision_backbone
-    if vision.image_patch_embedding == "linear+conv":
+    wanted = CONV_STEM_PLACES[at]
+    if vision.image_patch_embedding == wanted:
         return False
     if vision.image_patch_embedding != "linear":
-        raise ValueError(f"a conv stem is added to the linear patch embedding, not to "
-                         f"{vision.image_patch_embedding!r}")
+        raise ValueError(f"a conv branch at the {at} is added to the linear patch embedding, "
+                         f"not to {vision.image_patch_embedding!r}")
     reference = vit.patch_embedding.weight
-    stem = ConvPatchEmbedding(vision.image_patch_size, vision.image_emb_dim)
+    dim = vision.image_emb_dim if at == "embedding" else vit.config.image_feature_dim
+    stem = ConvPatchEmbedding(vision.image_patch_size, dim)
     nn.init.zeros_(stem.linear.weight)
     nn.init.zeros_(stem.linear.bias)
     vit.conv_stem = stem.to(device=reference.device, dtype=reference.dtype)
-    vision.image_patch_embedding = "linear+conv"
+    vision.image_patch_embedding = wanted
     return True
 
 
@@ -103,9 +114,13 @@ class VisionTransformer(nn.Module):
             self.patch_embedding = ConvPatchEmbedding(vision.image_patch_size, dim)
         else:
             self.patch_embedding = nn.Linear(vision.image_patch_size ** 2 * 3, dim, bias=False)
-        # "linear+conv": a conv branch added to the linear embedding (see add_conv_stem).
-        self.conv_stem = (ConvPatchEmbedding(vision.image_patch_size, dim)
-                          if vision.image_patch_embedding == "linear+conv" else None)
+        # A conv branch added to the linear embedding ("linear+conv") or to the output
+        # features ("linear+conv-features"; see add_conv_stem).
+        self.conv_stem = None
+        if vision.image_patch_embedding == "linear+conv":
+            self.conv_stem = ConvPatchEmbedding(vision.image_patch_size, dim)
+        elif self.conv_stem_at_features:
+            self.conv_stem = ConvPatchEmbedding(vision.image_patch_size, config.image_feature_dim)
         self.pre_ln = LayerNormFp32(dim, eps=vision.image_norm_eps)
         block_config = clip_block_config(config)
         self.blocks = nn.ModuleList(CLIPEncoderLayer(block_config)
@@ -113,6 +128,11 @@ class VisionTransformer(nn.Module):
         # Blocks after the deepest one read are kept (the checkpoint has them) but never run.
         self.layer_indices = [layer % vision.image_num_layers for layer in config.vit_layers]
         self.num_blocks_to_run = max(self.layer_indices) + 1
+
+    @property
+    def conv_stem_at_features(self) -> bool:
+        """Whether the conv branch adds to the output features (not to the embedding)."""
+        return self.config.vision_backbone.image_patch_embedding == "linear+conv-features"
 
     def add_positional_embedding(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """x: (B, 1 + rows*cols, D). The table is resized bicubically if the grid differs."""
@@ -131,7 +151,7 @@ class VisionTransformer(nn.Module):
         (N, 1 + P, D) (CLS first)."""
         grid = self.config.vision_backbone.image_num_patch
         x = self.patch_embedding(patches)  # (N, P, D)
-        if self.conv_stem is not None:
+        if self.conv_stem is not None and not self.conv_stem_at_features:
             x = x + self.conv_stem(patches)
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1)  # (N, 1 + P, D)
@@ -146,8 +166,10 @@ class VisionTransformer(nn.Module):
     def patch_features(self, patches: torch.Tensor) -> torch.Tensor:
         """(N, P, pixels) -> (N, P, len(vit_layers) * D): the configured layers, CLS dropped."""
         hidden_states = self(patches)
-        features = torch.cat([hidden_states[i] for i in self.layer_indices], dim=-1)
-        return features[:, 1:]
+        features = torch.cat([hidden_states[i] for i in self.layer_indices], dim=-1)[:, 1:]
+        if self.conv_stem is not None and self.conv_stem_at_features:
+            features = features + self.conv_stem(patches)
+        return features
 
 
 class AttentionPool2d(nn.Module):

@@ -14,6 +14,7 @@ import sys
 from typing import Sequence
 
 from videomolmo_ros.data.synthetic import KINDS
+from videomolmo_ros.model.vision import CONV_STEM_PLACES
 from videomolmo_ros.train.dataset import DataConfig
 from videomolmo_ros.train.flags import json_object
 from videomolmo_ros.train.presets import PRESETS
@@ -102,6 +103,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, argparse
     p.add_argument("--add-conv-stem", action="store_true",
                    help="give the ViT a conv branch beside its linear patch embedding, output "
                         "layer at zero (TrainConfig.add_conv_stem)")
+    p.add_argument("--conv-stem-at", choices=CONV_STEM_PLACES, default=t.conv_stem_at,
+                   help="where that branch adds: to the patch embedding, or to the ViT's "
+                        "output features")
     p.add_argument("--lr-stem", type=float, default=None,
                    help="peak learning rate of that branch (default: --lr-vision)")
     p.add_argument("--readout-weights", default="{}",
@@ -147,6 +151,7 @@ def train_config(a: argparse.Namespace, data: DataConfig) -> TrainConfig:
         keep_readouts=a.keep_readouts, motion_readout=a.motion_readout,
         referent_map=a.referent_map,
         referent_layer=a.referent_layer, clip_by=a.clip_by, add_conv_stem=a.add_conv_stem,
+        conv_stem_at=a.conv_stem_at,
         lr_stem=a.lr_stem, readout_weights=json_object(a.readout_weights, "--readout-weights"),
         head_warmup=a.head_warmup, grow_llm=a.grow_llm)
 

@@ -70,6 +70,8 @@ def train_arguments(config: dict[str, Any], stop_after: int | None = None) -> li
                  "--referent-layer", repr(config.get("referent_layer", -1))]
     if config.get("add_conv_stem"):  # newer than the shipped recipe: only when used
         args.append("--add-conv-stem")
+    if config.get("conv_stem_at", "embedding") != "embedding":
+        args += ["--conv-stem-at", config["conv_stem_at"]]
     if config.get("lr_stem") is not None:
         args += ["--lr-stem", repr(config["lr_stem"])]
     if config.get("readout_weights"):
@@ -138,6 +140,8 @@ def vision_pretrain_arguments(config: dict[str, Any]) -> list[str]:
         args += ["--init-from", config["init_from"]]
     if config.get("add_conv_stem"):
         args.append("--add-conv-stem")
+    if config.get("conv_stem_at", defaults.conv_stem_at) != defaults.conv_stem_at:
+        args += ["--conv-stem-at", config["conv_stem_at"]]
     if config.get("trainable", defaults.trainable) != defaults.trainable:
         args += ["--trainable", config["trainable"]]
     if config.get("keep_tokens"):

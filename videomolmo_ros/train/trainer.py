@@ -142,6 +142,9 @@ class TrainConfig:
     # ViT from scratch does not learn shape with the linear embedding alone; the conv one
     # does (``benchmarks/shape_learning.py``), and a trained linear model keeps its training.
     add_conv_stem: bool = False
+    # Where that branch adds: "embedding" (before the ViT's blocks) or "features" (after them;
+    # ``vision.CONV_STEM_PLACES``).
+    conv_stem_at: str = "embedding"
     # Peak learning rate of that branch (a fresh module beside a trained one); None = lr_vision.
     lr_stem: float | None = None
     # Per-attribute weights inside the kept read-outs (``DenseHeads``), e.g. {"shape": 5.0}.
@@ -523,7 +526,7 @@ class Trainer:
                 from videomolmo_ros.train.vision_pretrain import load_pretrained_vision
 
                 if config.add_conv_stem:
-                    add_conv_stem(self.model.vision_backbone.image_vit)
+                    add_conv_stem(self.model.vision_backbone.image_vit, config.conv_stem_at)
                 load_pretrained_vision(self.model, config.init_vision_from)
             if checkpoint is None and config.grow_llm:
                 self.model = deepen_llm(self.model, config.grow_llm)
@@ -553,7 +556,7 @@ class Trainer:
                                        referent_maps=config.referent_map > 0)
         if config.add_conv_stem:  # a no-op on a model that has the branch (a later stage)
             # Zero output layer: a started model computes what it did (vision.add_conv_stem).
-            add_conv_stem(self.model.vision_backbone.image_vit)
+            add_conv_stem(self.model.vision_backbone.image_vit, config.conv_stem_at)
         groups = parameter_groups(self.model, config.lr_llm, config.lr_vision,
                                   config.weight_decay, lr_stem=config.lr_stem)
         self.recall_head: torch.nn.Linear | None = None
@@ -778,7 +781,7 @@ class Trainer:
         saved = {"query_recall": 0.0, "keep_readouts": 0.0, "referent_map": 0.0,
                  "motion_readout": 0.0,
                  "referent_layer": -1, "clip_by": "all", "add_conv_stem": False,
-                 "lr_stem": None, "readout_weights": {}, "head_warmup": 0, "grow_llm": 0,
+                 "conv_stem_at": "embedding", "lr_stem": None, "readout_weights": {}, "head_warmup": 0, "grow_llm": 0,
                  **state["config"]}  # older checkpoints lack these
         # ... and data fields added since (history_stride, kind_weights): their defaults are
         # what those runs did
@@ -787,7 +790,7 @@ class Trainer:
         fixed = ("data", "batch_frames", "grad_accum", "preset", "temporal", "model_overrides",
                  "seed", "init_from", "init_vision_from", "query_recall", "keep_readouts",
                  "referent_map", "motion_readout", "referent_layer", "clip_by",
-                 "add_conv_stem", "lr_stem", "readout_weights", "head_warmup", "grow_llm")
+                 "add_conv_stem", "conv_stem_at", "lr_stem", "readout_weights", "head_warmup", "grow_llm")
         changed = [k for k in fixed if saved.get(k) != mine.get(k)]
         if changed:
             raise ValueError(f"cannot resume {checkpoint}: the run changed {changed}")

@@ -42,6 +42,7 @@ from videomolmo_ros.data.synthetic import COLORS, MOTIONS, SHAPES, SIZES, TEXTUR
 from videomolmo_ros.model.config import VideoMolmoConfig
 from videomolmo_ros.model.preprocessing import (CropLayout, crop_frame, make_crop_layout,
                                                 patchify, resize_and_pad)
+from videomolmo_ros.model.vision import CONV_STEM_PLACES
 from videomolmo_ros.train.flags import json_object
 from videomolmo_ros.train.presets import preset
 
@@ -280,6 +281,8 @@ class PretrainConfig:
     # trains it while the rest, which the model's LLM reads, stays as it was.
     init_from: str | None = None
     add_conv_stem: bool = False
+    # Where that branch adds ("embedding" or "features", ``vision.CONV_STEM_PLACES``).
+    conv_stem_at: str = "embedding"
     trainable: str = "all"
     # With ``init_from``: the weight of the image tokens' drift from the starting model's
     # (``VisionPretrainer.token_drift``). Why: a branch trained for shape alone moved the tokens
@@ -513,6 +516,9 @@ def check_start(config: PretrainConfig) -> None:
         raise ValueError("add_conv_stem adds the branch to a trained model (init_from); a "
                          "fresh one takes model_overrides "
                          '{"vision_backbone": {"image_patch_embedding": "linear+conv"}}')
+    if config.conv_stem_at not in CONV_STEM_PLACES:
+        raise ValueError(f"conv_stem_at must be one of {', '.join(CONV_STEM_PLACES)}, "
+                         f"not {config.conv_stem_at!r}")
     if config.trainable == "stem" and not config.add_conv_stem:
         raise ValueError('trainable="stem" trains the conv branch that add_conv_stem adds')
     if config.keep_tokens < 0:
@@ -540,7 +546,8 @@ def starting_vision(config: PretrainConfig) -> tuple[VideoMolmoConfig, nn.Module
         model = loading.load_videomolmo(config.init_from)  # float32, whatever it was saved in
         if config.add_conv_stem:
             torch.manual_seed(config.seed)  # the branch's convolutions start at random
-            add_conv_stem(model.vision_backbone.image_vit)  # sets model.config's embedding
+            add_conv_stem(model.vision_backbone.image_vit, config.conv_stem_at)  # sets the
+            # config's embedding
     except (OSError, RuntimeError, ValueError) as error:
         raise StartError(f"cannot start from {config.init_from}: {error}") from error
     return model.config, model.vision_backbone
@@ -594,6 +601,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[PretrainConfig, argpa
                    help="a trained model (release layout) whose vision side starts the run")
     p.add_argument("--add-conv-stem", action="store_true",
                    help="give that model's ViT the conv branch, its output layer at zero")
+    p.add_argument("--conv-stem-at", choices=CONV_STEM_PLACES, default=defaults.conv_stem_at,
+                   help="where that branch adds: to the patch embedding, or to the ViT's "
+                        "output features")
     p.add_argument("--trainable", choices=TRAINABLE, default=defaults.trainable,
                    help="train everything, or the conv branch alone")
     p.add_argument("--keep-tokens", type=float, default=defaults.keep_tokens,
@@ -626,6 +636,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[PretrainConfig, argpa
                             curriculum_steps=a.curriculum_steps,
                             geometry_weight=a.geometry_weight, schedule=a.schedule,
                             init_from=a.init_from, add_conv_stem=a.add_conv_stem,
+                            conv_stem_at=a.conv_stem_at,
                             trainable=a.trainable, keep_tokens=a.keep_tokens)
     try:
         check_start(config)
