@@ -73,7 +73,8 @@ class VisionBackboneConfig:
     # "linear+conv-features" (not in the release): the same branch added to the ViT's output
     # features (the concatenated layers) instead of its input. Why: added at the input, the
     # branch changes what every block computes, and the LLM placed its points less precisely
-    # (README, twenty-fifth session); added after the blocks, the ViT is left as it was.
+    # (README, twenty-fifth session); added after the blocks, the ViT is left as it was. It
+    # placed them no better (README, twenty-sixth session): the tokens moving is what costs.
     image_patch_embedding: str = "linear"
 
     def __post_init__(self) -> None:

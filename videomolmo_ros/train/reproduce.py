@@ -70,7 +70,7 @@ def train_arguments(config: dict[str, Any], stop_after: int | None = None) -> li
                  "--referent-layer", repr(config.get("referent_layer", -1))]
     if config.get("add_conv_stem"):  # newer than the shipped recipe: only when used
         args.append("--add-conv-stem")
-    if config.get("conv_stem_at", "embedding") != "embedding":
+    if config.get("conv_stem_at", defaults.conv_stem_at) != defaults.conv_stem_at:
         args += ["--conv-stem-at", config["conv_stem_at"]]
     if config.get("lr_stem") is not None:
         args += ["--lr-stem", repr(config["lr_stem"])]

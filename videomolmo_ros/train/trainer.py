@@ -781,7 +781,8 @@ class Trainer:
         saved = {"query_recall": 0.0, "keep_readouts": 0.0, "referent_map": 0.0,
                  "motion_readout": 0.0,
                  "referent_layer": -1, "clip_by": "all", "add_conv_stem": False,
-                 "conv_stem_at": "embedding", "lr_stem": None, "readout_weights": {}, "head_warmup": 0, "grow_llm": 0,
+                 "conv_stem_at": "embedding", "lr_stem": None, "readout_weights": {},
+                 "head_warmup": 0, "grow_llm": 0,
                  **state["config"]}  # older checkpoints lack these
         # ... and data fields added since (history_stride, kind_weights): their defaults are
         # what those runs did
@@ -790,7 +791,8 @@ class Trainer:
         fixed = ("data", "batch_frames", "grad_accum", "preset", "temporal", "model_overrides",
                  "seed", "init_from", "init_vision_from", "query_recall", "keep_readouts",
                  "referent_map", "motion_readout", "referent_layer", "clip_by",
-                 "add_conv_stem", "conv_stem_at", "lr_stem", "readout_weights", "head_warmup", "grow_llm")
+                 "add_conv_stem", "conv_stem_at", "lr_stem", "readout_weights", "head_warmup",
+                 "grow_llm")
         changed = [k for k in fixed if saved.get(k) != mine.get(k)]
         if changed:
             raise ValueError(f"cannot resume {checkpoint}: the run changed {changed}")
