@@ -251,6 +251,10 @@ class PointingClient:
         """Stop spinning and destroy the node; ``shutdown_rclpy=False`` when other clients of
         this process still run."""
         self._executor.shutdown()
+        # Let the spinning thread leave its wait set before the node and the context it waits
+        # on go: destroying them under it once left that thread busy with the GIL held, and
+        # the test process hung (CI, twenty-sixth session).
+        self._spinner.join(timeout=10)
         self.node.destroy_node()
         if shutdown_rclpy:
             rclpy.try_shutdown()
