@@ -73,6 +73,14 @@ class ConvPatchEmbedding(nn.Module):
 CONV_STEM_PLACES = {"embedding": "linear+conv", "features": "linear+conv-features"}
 
 
+def conv_stem_width(config: VideoMolmoConfig, embedding: str) -> int:
+    """The output width of the conv branch of ``embedding`` (a ``CONV_STEM_PLACES`` value):
+    the ViT's width at the embedding, the features' (the concatenated layers) after it."""
+    if embedding == CONV_STEM_PLACES["features"]:
+        return config.image_feature_dim
+    return config.vision_backbone.image_emb_dim
+
+
 def add_conv_stem(vit: "VisionTransformer", at: str = "embedding") -> bool:
     """Give a ViT with the linear patch embedding a conv branch (``ConvPatchEmbedding``)
     whose output layer is zero: the model computes exactly what it did, and the branch
@@ -91,8 +99,7 @@ def add_conv_stem(vit: "VisionTransformer", at: str = "embedding") -> bool:
         raise ValueError(f"a conv branch at the {at} is added to the linear patch embedding, "
                          f"not to {vision.image_patch_embedding!r}")
     reference = vit.patch_embedding.weight
-    dim = vision.image_emb_dim if at == "embedding" else vit.config.image_feature_dim
-    stem = ConvPatchEmbedding(vision.image_patch_size, dim)
+    stem = ConvPatchEmbedding(vision.image_patch_size, conv_stem_width(vit.config, wanted))
     nn.init.zeros_(stem.linear.weight)
     nn.init.zeros_(stem.linear.bias)
     vit.conv_stem = stem.to(device=reference.device, dtype=reference.dtype)
@@ -116,11 +123,10 @@ class VisionTransformer(nn.Module):
             self.patch_embedding = nn.Linear(vision.image_patch_size ** 2 * 3, dim, bias=False)
         # A conv branch added to the linear embedding ("linear+conv") or to the output
         # features ("linear+conv-features"; see add_conv_stem).
-        self.conv_stem = None
-        if vision.image_patch_embedding == "linear+conv":
-            self.conv_stem = ConvPatchEmbedding(vision.image_patch_size, dim)
-        elif self.conv_stem_at_features:
-            self.conv_stem = ConvPatchEmbedding(vision.image_patch_size, config.image_feature_dim)
+        embedding = vision.image_patch_embedding
+        self.conv_stem = (ConvPatchEmbedding(vision.image_patch_size,
+                                             conv_stem_width(config, embedding))
+                          if embedding in CONV_STEM_PLACES.values() else None)
         self.pre_ln = LayerNormFp32(dim, eps=vision.image_norm_eps)
         block_config = clip_block_config(config)
         self.blocks = nn.ModuleList(CLIPEncoderLayer(block_config)
@@ -132,7 +138,7 @@ class VisionTransformer(nn.Module):
     @property
     def conv_stem_at_features(self) -> bool:
         """Whether the conv branch adds to the output features (not to the embedding)."""
-        return self.config.vision_backbone.image_patch_embedding == "linear+conv-features"
+        return self.config.vision_backbone.image_patch_embedding == CONV_STEM_PLACES["features"]
 
     def add_positional_embedding(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """x: (B, 1 + rows*cols, D). The table is resized bicubically if the grid differs."""
