@@ -60,7 +60,9 @@ STEM_TRAIN = TrainConfig(output_dir="out/c", init_from="out/b", add_conv_stem=Tr
 
 @pytest.mark.parametrize("config", [TrainConfig(output_dir="out/plain"), UNUSUAL_TRAIN,
                                     TEMPORAL_TRAIN, STEM_TRAIN,
-                                    dataclasses.replace(STEM_TRAIN, conv_stem_at="features")])
+                                    dataclasses.replace(STEM_TRAIN, conv_stem_at="features"),
+                                    dataclasses.replace(STEM_TRAIN, init_vision_from="out/s",
+                                                        stem_output_scale=0.0)])
 def test_train_command_parses_back_to_its_config(config):
     saved = as_saved(config)
     command = " ".join([reproduce.TRAIN] + [shlex.quote(a) for a in

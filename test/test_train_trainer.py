@@ -575,6 +575,11 @@ def test_conv_stem_and_readout_weight_settings_are_checked(tmp_path, tokenizer_d
         run_config(tmp_path / "x", tokenizer_dir, readout_weights={"shape": 5.0})
     with pytest.raises(ValueError, match="lr_stem"):
         run_config(tmp_path / "x", tokenizer_dir, lr_stem=0.0)
+    with pytest.raises(ValueError, match="init_vision_from and add_conv_stem"):
+        run_config(tmp_path / "x", tokenizer_dir, stem_output_scale=0.0, add_conv_stem=True)
+    with pytest.raises(ValueError, match="stem_output_scale must be >= 0"):
+        run_config(tmp_path / "x", tokenizer_dir, stem_output_scale=-1.0,
+                   init_vision_from="s", add_conv_stem=True)
     with pytest.raises(ValueError, match=">= 0"):
         run_config(tmp_path / "x", tokenizer_dir, keep_readouts=0.5,
                    readout_weights={"shape": -1.0})

@@ -344,6 +344,22 @@ def test_a_stage_0_from_a_trained_model_trains_its_conv_branch_alone_and_the_mod
         if not name.startswith(VISION_PREFIX):
             torch.testing.assert_close(value, llm[name])
 
+    # --stem-output-scale 0: the stage 0's conv layers, their output layer at zero, so the
+    # started model encodes a frame exactly as the base model did.
+    quiet = Trainer(TrainConfig(output_dir=str(tmp_path / "quiet"), data=tiny_data(), steps=1,
+                                init_from=str(base), init_vision_from=str(stem),
+                                add_conv_stem=True, conv_stem_at=at, stem_output_scale=0.0))
+    branch = quiet.model.vision_backbone.image_vit.conv_stem
+    assert not branch.linear.weight.any() and not branch.linear.bias.any()
+    torch.testing.assert_close(branch.stem[0].weight,
+                               saved[VISION_PREFIX + "image_vit.conv_stem.stem.0.weight"])
+    crops = quiet.batches(0)[0].crops
+    with torch.no_grad():
+        torch.testing.assert_close(quiet.model.eval().encode_frame(crops),
+                                   loading.load_videomolmo(str(base)).encode_frame(crops))
+        assert not torch.allclose(trainer.model.eval().encode_frame(crops),
+                                  quiet.model.encode_frame(crops))
+
 
 def test_keep_tokens_holds_the_image_tokens_near_the_starting_models(tmp_path):
     from videomolmo_ros.model import loading

@@ -108,6 +108,10 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, argparse
                         "output features")
     p.add_argument("--lr-stem", type=float, default=None,
                    help="peak learning rate of that branch (default: --lr-vision)")
+    p.add_argument("--stem-output-scale", type=float, default=t.stem_output_scale,
+                   help="with --init-vision-from and --add-conv-stem: multiply the loaded "
+                        "branch's output layer by this (0: the started model computes what "
+                        "--init-from did, the branch's output is learnt afresh)")
     p.add_argument("--readout-weights", default="{}",
                    help='JSON object of per-attribute weights inside --keep-readouts, e.g. '
                         '{"shape": 5}')
@@ -152,7 +156,8 @@ def train_config(a: argparse.Namespace, data: DataConfig) -> TrainConfig:
         referent_map=a.referent_map,
         referent_layer=a.referent_layer, clip_by=a.clip_by, add_conv_stem=a.add_conv_stem,
         conv_stem_at=a.conv_stem_at,
-        lr_stem=a.lr_stem, readout_weights=json_object(a.readout_weights, "--readout-weights"),
+        lr_stem=a.lr_stem, stem_output_scale=a.stem_output_scale,
+        readout_weights=json_object(a.readout_weights, "--readout-weights"),
         head_warmup=a.head_warmup, grow_llm=a.grow_llm)
 
 

@@ -74,6 +74,8 @@ def train_arguments(config: dict[str, Any], stop_after: int | None = None) -> li
         args += ["--conv-stem-at", config["conv_stem_at"]]
     if config.get("lr_stem") is not None:
         args += ["--lr-stem", repr(config["lr_stem"])]
+    if config.get("stem_output_scale", 1.0) != 1.0:
+        args += ["--stem-output-scale", repr(config["stem_output_scale"])]
     if config.get("readout_weights"):
         args += ["--readout-weights", _json(config["readout_weights"])]
     if config.get("head_warmup", 0):  # newer than the shipped recipe: only when used

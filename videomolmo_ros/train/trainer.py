@@ -147,6 +147,12 @@ class TrainConfig:
     conv_stem_at: str = "embedding"
     # Peak learning rate of that branch (a fresh module beside a trained one); None = lr_vision.
     lr_stem: float | None = None
+    # With ``init_vision_from`` and ``add_conv_stem``: the loaded branch's output layer is
+    # multiplied by this. 0 keeps the stage 0's conv layers and learns their output afresh
+    # from zero, so the started model computes exactly what ``init_from`` did. Why: a branch
+    # loaded at full strength cost point F1 0.10 at step 0 (``L``, twenty-sixth session)
+    # that 800 steps did not win back. 1 = as loaded.
+    stem_output_scale: float = 1.0
     # Per-attribute weights inside the kept read-outs (``DenseHeads``), e.g. {"shape": 5.0}.
     readout_weights: dict[str, float] = field(default_factory=dict)
     # Steps that the fresh training-only heads (query recall, kept read-outs) train alone, the
@@ -186,6 +192,11 @@ class TrainConfig:
             raise ValueError(f"clip_by must be one of {CLIP_BY}, got {self.clip_by!r}")
         if self.lr_stem is not None and self.lr_stem <= 0:
             raise ValueError(f"lr_stem must be > 0, got {self.lr_stem}")
+        if self.stem_output_scale < 0:
+            raise ValueError(f"stem_output_scale must be >= 0, got {self.stem_output_scale}")
+        if self.stem_output_scale != 1.0 and not (self.init_vision_from and self.add_conv_stem):
+            raise ValueError("stem_output_scale scales the conv branch loaded from a stage 0: "
+                             "it needs init_vision_from and add_conv_stem")
         if self.readout_weights and not self.keep_readouts > 0:
             raise ValueError("readout_weights weigh the kept read-outs: they need "
                              "keep_readouts > 0")
@@ -223,6 +234,15 @@ class TrainConfig:
 
 # ------------------------------------------------------------------------------------- model
 STEM_PREFIX = "vision_backbone.image_vit.conv_stem."
+
+
+def scale_branch_output(vit: torch.nn.Module, scale: float) -> None:
+    """Multiply the ViT's conv branch's output layer by ``scale`` (``TrainConfig.
+    stem_output_scale``); its conv layers stay as they are."""
+    if scale != 1.0:
+        with torch.no_grad():
+            vit.conv_stem.linear.weight.mul_(scale)
+            vit.conv_stem.linear.bias.mul_(scale)
 
 
 def parameter_groups(model: VideoMolmoModel, lr_llm: float, lr_vision: float,
@@ -528,6 +548,9 @@ class Trainer:
                 if config.add_conv_stem:
                     add_conv_stem(self.model.vision_backbone.image_vit, config.conv_stem_at)
                 load_pretrained_vision(self.model, config.init_vision_from)
+                if config.add_conv_stem:
+                    scale_branch_output(self.model.vision_backbone.image_vit,
+                                        config.stem_output_scale)
             if checkpoint is None and config.grow_llm:
                 self.model = deepen_llm(self.model, config.grow_llm)
         else:
@@ -781,7 +804,8 @@ class Trainer:
         saved = {"query_recall": 0.0, "keep_readouts": 0.0, "referent_map": 0.0,
                  "motion_readout": 0.0,
                  "referent_layer": -1, "clip_by": "all", "add_conv_stem": False,
-                 "conv_stem_at": "embedding", "lr_stem": None, "readout_weights": {},
+                 "conv_stem_at": "embedding", "lr_stem": None, "stem_output_scale": 1.0,
+                 "readout_weights": {},
                  "head_warmup": 0, "grow_llm": 0,
                  **state["config"]}  # older checkpoints lack these
         # ... and data fields added since (history_stride, kind_weights): their defaults are
@@ -791,8 +815,8 @@ class Trainer:
         fixed = ("data", "batch_frames", "grad_accum", "preset", "temporal", "model_overrides",
                  "seed", "init_from", "init_vision_from", "query_recall", "keep_readouts",
                  "referent_map", "motion_readout", "referent_layer", "clip_by",
-                 "add_conv_stem", "conv_stem_at", "lr_stem", "readout_weights", "head_warmup",
-                 "grow_llm")
+                 "add_conv_stem", "conv_stem_at", "lr_stem", "stem_output_scale",
+                 "readout_weights", "head_warmup", "grow_llm")
         changed = [k for k in fixed if saved.get(k) != mine.get(k)]
         if changed:
             raise ValueError(f"cannot resume {checkpoint}: the run changed {changed}")
