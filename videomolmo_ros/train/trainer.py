@@ -151,7 +151,8 @@ class TrainConfig:
     # multiplied by this. 0 keeps the stage 0's conv layers and learns their output afresh
     # from zero, so the started model computes exactly what ``init_from`` did. Why: a branch
     # loaded at full strength cost point F1 0.10 at step 0 (``L``, twenty-sixth session)
-    # that 800 steps did not win back. 1 = as loaded.
+    # that 800 steps did not win back; started at 0, the branch went into the model shipped
+    # in the twenty-seventh session (``MZ27``). 1 = as loaded.
     stem_output_scale: float = 1.0
     # Per-attribute weights inside the kept read-outs (``DenseHeads``), e.g. {"shape": 5.0}.
     readout_weights: dict[str, float] = field(default_factory=dict)
