@@ -107,6 +107,14 @@ def add_conv_stem(vit: "VisionTransformer", at: str = "embedding") -> bool:
     return True
 
 
+def scale_conv_stem_output(vit: "VisionTransformer", scale: float) -> None:
+    """Multiply the output layer of the ViT's conv branch by ``scale`` (0: the branch adds
+    nothing until it learns to, as ``add_conv_stem`` starts it); its conv layers are kept."""
+    with torch.no_grad():
+        vit.conv_stem.linear.weight.mul_(scale)
+        vit.conv_stem.linear.bias.mul_(scale)
+
+
 class VisionTransformer(nn.Module):
     """CLIP ViT over pre-cut patches; returns the hidden states the model needs."""
 

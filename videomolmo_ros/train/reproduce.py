@@ -74,7 +74,7 @@ def train_arguments(config: dict[str, Any], stop_after: int | None = None) -> li
         args += ["--conv-stem-at", config["conv_stem_at"]]
     if config.get("lr_stem") is not None:
         args += ["--lr-stem", repr(config["lr_stem"])]
-    if config.get("stem_output_scale", 1.0) != 1.0:
+    if config.get("stem_output_scale", defaults.stem_output_scale) != defaults.stem_output_scale:
         args += ["--stem-output-scale", repr(config["stem_output_scale"])]
     if config.get("readout_weights"):
         args += ["--readout-weights", _json(config["readout_weights"])]

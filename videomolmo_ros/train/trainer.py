@@ -55,7 +55,7 @@ from videomolmo_ros.model.config import VideoMolmoConfig
 from videomolmo_ros.model.growth import deepen_llm
 from videomolmo_ros.model.temporal import TemporalModule
 from videomolmo_ros.model.videomolmo import VideoMolmoModel
-from videomolmo_ros.model.vision import add_conv_stem
+from videomolmo_ros.model.vision import add_conv_stem, scale_conv_stem_output
 from videomolmo_ros.train.dataset import (IGNORE_INDEX, Batch, DataConfig, PointingDataset,
                                           collate)
 from videomolmo_ros.train.presets import preset, with_overrides
@@ -235,15 +235,6 @@ class TrainConfig:
 
 # ------------------------------------------------------------------------------------- model
 STEM_PREFIX = "vision_backbone.image_vit.conv_stem."
-
-
-def scale_branch_output(vit: torch.nn.Module, scale: float) -> None:
-    """Multiply the ViT's conv branch's output layer by ``scale`` (``TrainConfig.
-    stem_output_scale``); its conv layers stay as they are."""
-    if scale != 1.0:
-        with torch.no_grad():
-            vit.conv_stem.linear.weight.mul_(scale)
-            vit.conv_stem.linear.bias.mul_(scale)
 
 
 def parameter_groups(model: VideoMolmoModel, lr_llm: float, lr_vision: float,
@@ -550,8 +541,8 @@ class Trainer:
                     add_conv_stem(self.model.vision_backbone.image_vit, config.conv_stem_at)
                 load_pretrained_vision(self.model, config.init_vision_from)
                 if config.add_conv_stem:
-                    scale_branch_output(self.model.vision_backbone.image_vit,
-                                        config.stem_output_scale)
+                    scale_conv_stem_output(self.model.vision_backbone.image_vit,
+                                           config.stem_output_scale)
             if checkpoint is None and config.grow_llm:
                 self.model = deepen_llm(self.model, config.grow_llm)
         else:
